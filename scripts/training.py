@@ -1,0 +1,194 @@
+"""Training-loop glue the configs call: iteration schedule, resumable checkpoints, progress bar, output folders.
+
+Everything else in the training workflow is stock MONAI / Ignite (SupervisedTrainer, SupervisedEvaluator,
+ValidationHandler, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from ignite.engine import Engine, Events
+
+logger = logging.getLogger(__name__)
+
+LATEST_CHECKPOINT = "latest.pt"
+BEST_MODEL = "model.pt"
+
+
+def validation_periods(max_iterations: int, val_interval: int) -> int:
+    """Number of trainer 'epochs' when one epoch is one validation period of `val_interval` iterations.
+
+    The paper trains for a number of iterations and validates every 200 of them; expressing a validation period as an
+    Ignite epoch (with `epoch_length=val_interval`) keeps MONAI's epoch-level ValidationHandler and checkpointing.
+    """
+    if max_iterations <= 0 or val_interval <= 0:
+        raise ValueError(f"max_iterations ({max_iterations}) and val_interval ({val_interval}) must be positive.")
+    if max_iterations % val_interval:
+        raise ValueError(
+            f"max_iterations ({max_iterations}) must be a multiple of val_interval ({val_interval}): training runs in "
+            "whole validation periods. Change one of them (e.g. --val_interval 100)."
+        )
+    return max_iterations // val_interval
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a temporary file in the same folder and os.replace, so a kill never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint should be readable like any other output
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The bare module behind DistributedDataParallel / DataParallel / torch.compile, for plain state dicts."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
+
+
+class ResumableCheckpoint:
+    """Keeps `latest.pt` (everything needed to resume) and `model.pt` (best weights by the key metric) in `ckpt_dir`.
+
+    Hand-written instead of MONAI's CheckpointSaver/CheckpointLoader because those (MONAI 1.6.1) write non-atomically
+    (`atomic=False`), delete the previous checkpoint before writing the next one, and forget the best metric when a
+    run is resumed, so a killed-and-restarted run could overwrite a better `model.pt` or load a truncated file.
+
+    - trainer STARTED: if `resume` and `latest.pt` exists, restore network, optimizer, LR scheduler, trainer position
+      (iteration/epoch) and the best metric so far.
+    - validator COMPLETED: if the key metric improved, write the network's plain state dict to `model.pt`
+      (loadable by MONAI's CheckpointLoader and the Model Zoo tools).
+    - trainer EPOCH_COMPLETED (one validation period): write `latest.pt`. Attach this handler after the
+      ValidationHandler so the best metric of that period is already known.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any,
+        validator: Engine | None = None,
+        key_metric: str = "val_mean_dice",
+        resume: bool = True,
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.validator = validator
+        self.key_metric = key_metric
+        self.resume = resume
+        self.best_metric = -math.inf
+        self.best_iteration = -1
+        self._trainer: Engine | None = None
+
+    @property
+    def latest_path(self) -> Path:
+        return self.ckpt_dir / LATEST_CHECKPOINT
+
+    @property
+    def best_path(self) -> Path:
+        return self.ckpt_dir / BEST_MODEL
+
+    def attach(self, trainer: Engine) -> None:
+        self._trainer = trainer
+        trainer.add_event_handler(Events.STARTED, self._maybe_resume)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save_latest)
+        if self.validator is not None:
+            self.validator.add_event_handler(Events.COMPLETED, self._maybe_save_best)
+
+    def _maybe_resume(self, trainer: Engine) -> None:
+        if not (self.resume and self.latest_path.exists()):
+            return
+        try:
+            state = torch.load(self.latest_path, map_location="cpu", weights_only=True)
+            unwrap(self.network).load_state_dict(state["network"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        except Exception as e:
+            raise RuntimeError(
+                f"{self.latest_path}: cannot resume from this checkpoint ({type(e).__name__}: {e}). "
+                "Move it away to start a new run, or point --ckpt_dir elsewhere."
+            ) from e
+        iteration, epoch = int(state["iteration"]), int(state["epoch"])
+        if epoch > trainer.state.max_epochs:
+            raise RuntimeError(
+                f"{self.latest_path}: the checkpoint is at validation period {epoch}, beyond this run's "
+                f"{trainer.state.max_epochs} periods. Increase --max_iterations or use another --ckpt_dir."
+            )
+        trainer.state.iteration, trainer.state.epoch = iteration, epoch
+        self.best_metric, self.best_iteration = float(state["best_metric"]), int(state["best_iteration"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        logger.info(
+            f"Resumed from {self.latest_path} at iteration {iteration} "
+            f"(best {self.key_metric} {self.best_metric:.4f} at iteration {self.best_iteration})."
+        )
+
+    def _maybe_save_best(self, validator: Engine) -> None:
+        metric = validator.state.metrics.get(self.key_metric)
+        if metric is None or not math.isfinite(float(metric)):
+            return
+        iteration = self._trainer.state.iteration if self._trainer is not None else -1
+        if float(metric) > self.best_metric:
+            self.best_metric, self.best_iteration = float(metric), iteration
+            atomic_torch_save(unwrap(self.network).state_dict(), self.best_path)
+            logger.info(f"New best {self.key_metric} {metric:.4f} at iteration {iteration}: saved {self.best_path}")
+
+    def _save_latest(self, trainer: Engine) -> None:
+        state = {
+            "network": unwrap(self.network).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "iteration": trainer.state.iteration,
+            "epoch": trainer.state.epoch,
+            "best_metric": self.best_metric,
+            "best_iteration": self.best_iteration,
+            "rng": torch.get_rng_state(),
+        }
+        atomic_torch_save(state, self.latest_path)
+
+
+class ProgressBar:
+    """Ignite's tqdm progress bar as a MONAI-style handler (MONAI calls `attach(engine)` with the engine only)."""
+
+    def __init__(self, output_transform: Callable = lambda output: None, persist: bool = False) -> None:
+        self.output_transform = output_transform
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.handlers import ProgressBar as IgniteProgressBar
+
+        def _transform(output: Any) -> Any:
+            value = self.output_transform(output)
+            return None if value is None else {"loss": float(value)}
+
+        IgniteProgressBar(persist=self.persist).attach(engine, output_transform=_transform)
+
+
+def timestamped_dir(base: str | os.PathLike, name: str) -> str:
+    """A folder path `base/name_YYYYmmdd-HHMMSS` that does not exist yet (suffix _2, _3, ... when taken)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate = Path(base) / f"{name}_{stamp}"
+    n = 2
+    while candidate.exists():
+        candidate = Path(base) / f"{name}_{stamp}_{n}"
+        n += 1
+    return str(candidate)

@@ -1,0 +1,88 @@
+"""scripts.training: schedule arithmetic, atomic saves, resumable checkpoints, unique output folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from scripts.training import ResumableCheckpoint, atomic_torch_save, timestamped_dir, validation_periods
+
+
+def test_validation_periods():
+    assert validation_periods(10000, 200) == 50
+    with pytest.raises(ValueError, match="multiple of val_interval"):
+        validation_periods(250, 200)
+    with pytest.raises(ValueError, match="positive"):
+        validation_periods(0, 200)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_torch_save({"a": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"], "a temporary file was left behind"
+
+
+def _tiny_training(ckpt_dir, metrics, max_epochs, resume=True):
+    """A 2-iterations-per-epoch trainer whose 'validator' reports the next value of `metrics` each epoch."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=100, power=0.9)
+
+    def step(engine, batch):
+        opt.zero_grad()
+        loss = net(batch).pow(2).mean()
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss.item()
+
+    trainer, validator = Engine(step), Engine(lambda e, b: None)
+    values = iter(metrics)
+
+    @validator.on(Events.COMPLETED)
+    def _metric(engine):
+        engine.state.metrics["val_mean_dice"] = next(values)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0]))
+    ckpt = ResumableCheckpoint(str(ckpt_dir), net, opt, sched, validator, resume=resume)
+    ckpt.attach(trainer)
+    trainer.run([torch.randn(4, 3) for _ in range(2)], max_epochs=max_epochs)
+    return net, opt, sched, trainer, ckpt
+
+
+def test_resume_restores_everything_and_keeps_the_best_model(tmp_path):
+    net, opt, sched, trainer, ckpt = _tiny_training(tmp_path, [0.5, 0.9, 0.7], max_epochs=3)
+    best_weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert ckpt.best_metric == 0.9 and ckpt.best_iteration == 4
+
+    # a new process re-running with a longer schedule: the later metric 0.8 < 0.9 must not replace model.pt
+    net2, opt2, sched2, trainer2, ckpt2 = _tiny_training(tmp_path, [0.8], max_epochs=4)
+    assert trainer2.state.iteration == 8 and ckpt2.best_metric == 0.9
+    for k, v in torch.load(tmp_path / "model.pt", weights_only=True).items():
+        assert torch.equal(v, best_weights[k])
+    latest = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert latest["iteration"] == 8 and latest["lr_scheduler"]["last_epoch"] == 8
+    assert sched2.last_epoch == 8 and opt2.state_dict()["state"], "optimizer momentum was not restored"
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
+    (tmp_path / "latest.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot resume"):
+        _tiny_training(tmp_path, [0.5], max_epochs=1)
+
+
+def test_timestamped_dir_never_reuses_a_folder(tmp_path):
+    first = timestamped_dir(tmp_path, "evaluation")
+    (tmp_path / first).mkdir()
+    second = timestamped_dir(tmp_path, "evaluation")
+    assert first != second and not (tmp_path / second).exists()

@@ -1,0 +1,434 @@
+"""Mamba-UNet (Wang et al. 2024, arXiv 2402.05079): a VMamba-v0 encoder with a Swin-UNet style decoder.
+
+Re-implemented from the architecture spec of the paper's code (``mamba_sys.py``, = VMamba v0 ``vmamba.py`` plus the
+Swin-UNet decoder). Module and parameter names deliberately follow that code, and thus the VMamba v0 ImageNet
+checkpoint ``vmamba_tiny_e292.pth``: ``layers.{i}.blocks.{j}.self_attention.x_proj_weight`` etc. are what the
+checkpoint stores, so keeping the names (and the stacked K=4 direction layout of the SS2D parameters) is what lets
+:func:`load_vmamba_v0_weights` initialise the network the way the paper did. Renaming anything breaks that loading.
+
+Layout: tensors between blocks are channels-last ``(B, H, W, C)`` as in the reference; the network's input and
+output are channels-first ``(B, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import PatchEmbed
+from monai.networks.layers import DropPath
+from monai.networks.nets.swin_unetr import PatchMergingV2
+
+from scripts.selective_scan import selective_scan
+
+logger = logging.getLogger(__name__)
+
+PATCH_SIZE = 4  # stem patch size of VMamba-T / Mamba-UNet
+NUM_DIRECTIONS = 4  # SS2D scans: row-major, column-major, and both reversed
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """Unfold a feature map into the four SS2D scan sequences.
+
+    Args:
+        x: (B, D, H, W).
+
+    Returns:
+        (B, 4, D, L) with L = H*W: [row-major, column-major, reversed row-major, reversed column-major].
+    """
+    batch, dim, height, width = x.shape
+    row_major = x.reshape(batch, dim, height * width)
+    column_major = x.transpose(2, 3).reshape(batch, dim, height * width)
+    forward_scans = torch.stack([row_major, column_major], dim=1)
+    return torch.cat([forward_scans, forward_scans.flip(-1)], dim=1)
+
+
+def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Map the four scan outputs back to row-major order and SUM them (the reference sums, it does not average).
+
+    Args:
+        y: (B, 4, D, L) in the order produced by :func:`cross_scan`.
+        height, width: spatial size with L = height*width.
+
+    Returns:
+        (B, D, L) in row-major order.
+    """
+    batch, _, dim, length = y.shape
+    y = torch.cat([y[:, :2], y[:, 2:].flip(-1)], dim=1)  # undo the reversals
+    column_major = y[:, 1::2].reshape(batch, 2, dim, width, height).transpose(3, 4).reshape(batch, 2, dim, length)
+    return y[:, 0] + y[:, 2] + column_major.sum(dim=1)
+
+
+class SS2D(nn.Module):
+    """2D selective-scan mixer of VMamba v0 (channels-last in and out).
+
+    in_proj (C -> 2*d_inner) -> split x, z -> depthwise conv -> SiLU -> 4-direction selective scan, summed ->
+    out_norm -> * SiLU(z) -> out_proj (d_inner -> C).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 3,
+        expand: int = 2,
+        scan_backend: str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.d_state = d_state
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16)
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv2d = nn.Conv2d(
+            self.d_inner, self.d_inner, d_conv, padding=(d_conv - 1) // 2, groups=self.d_inner, bias=True
+        )
+        # Plain stacked Parameters (one slice per direction), exactly as the checkpoint stores them.
+        self.x_proj_weight = nn.Parameter(torch.empty(NUM_DIRECTIONS, self.dt_rank + 2 * d_state, self.d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(NUM_DIRECTIONS, self.d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(NUM_DIRECTIONS, self.d_inner))
+        self.A_logs = nn.Parameter(torch.empty(NUM_DIRECTIONS * self.d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(NUM_DIRECTIONS * self.d_inner))
+        self.out_norm = nn.LayerNorm(self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self._init_scan_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def _init_scan_parameters(self, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        """Reference init of the stacked scan parameters (the network-wide Linear init never touches them)."""
+        # The reference builds x_proj as nn.Linear and stacks the weights: nn.Linear's default U(+-1/sqrt(fan_in)).
+        bound = self.d_inner**-0.5
+        self.x_proj_weight.uniform_(-bound, bound)
+        dt_std = self.dt_rank**-0.5
+        self.dt_projs_weight.uniform_(-dt_std, dt_std)
+        # dt ~ log-uniform in [dt_min, dt_max]; the bias is its inverse softplus so softplus(bias) starts at dt.
+        log_dt = torch.rand(NUM_DIRECTIONS, self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # S4D-real init: A = -(1..N) for every channel.
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        batch, height, width, _ = x.shape
+        length = height * width
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
+
+        xs = cross_scan(x)  # (B, K, d_inner, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, b_mats, c_mats = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        # The scan runs in (at least) float32, as the CUDA kernel requires; B/C stay grouped per direction (B, K, N, L).
+        scan_dtype = torch.promote_types(x.dtype, torch.float32)
+        y = selective_scan(
+            xs.to(scan_dtype).reshape(batch, -1, length),
+            dts.to(scan_dtype).reshape(batch, -1, length),
+            -torch.exp(self.A_logs.to(scan_dtype)),
+            b_mats.to(scan_dtype),
+            c_mats.to(scan_dtype),
+            D=self.Ds.to(scan_dtype),
+            delta_bias=self.dt_projs_bias.to(scan_dtype).reshape(-1),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        ).reshape(batch, NUM_DIRECTIONS, self.d_inner, length)
+        y = cross_merge(y, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
+        # Like the reference, normalise the float32 sum (under autocast the norm weights stay float32 too).
+        y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)
+        return self.out_proj(y * F.silu(z))
+
+
+class VSSBlock(nn.Module):
+    """x + DropPath(SS2D(LayerNorm(x))); no MLP and no layer scale. (B, H, W, C) -> (B, H, W, C)."""
+
+    def __init__(self, dim: int, drop_path: float, d_state: int, d_conv: int, expand: int, scan_backend: str) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.self_attention = SS2D(dim, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+
+
+class PatchExpand(nn.Module):
+    """Linear(C -> scale^2 * out_dim, no bias), unfold channel groups into a scale x scale patch, LayerNorm(out_dim).
+
+    (B, H, W, C) -> (B, scale*H, scale*W, out_dim). Swin-UNet's PatchExpand is (scale 2, out_dim C/2), its
+    FinalPatchExpand_X4 is (scale 4, out_dim C). Hand-written because nn.PixelShuffle expects the channel index as
+    (c, p1, p2) whereas the reference orders it (p1, p2, c).
+    """
+
+    def __init__(self, dim: int, out_dim: int, scale: int) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        s = self.scale
+        x = self.expand(x).reshape(batch, height, width, s, s, self.out_dim)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height * s, width * s, self.out_dim)
+        return self.norm(x)
+
+
+class VSSLayer(nn.Module):
+    """One stage: VSSBlocks, then optionally PatchMerging (``downsample``, encoder) or PatchExpand (``upsample``,
+    decoder). The attribute names follow the checkpoint. (B, H, W, C) -> (B, H/2, W/2, 2C) | (B, 2H, 2W, C/2) |
+    (B, H, W, C)."""
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path_rates: Sequence[float],
+        resample: str | None,
+        d_state: int,
+        d_conv: int,
+        expand: int,
+        scan_backend: str,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            VSSBlock(dim, rate, d_state, d_conv, expand, scan_backend) for rate in drop_path_rates
+        )
+        # MONAI's 2D PatchMergingV2 gathers (0::2,0::2), (1::2,0::2), (0::2,1::2), (1::2,1::2) -> LN(4C) ->
+        # Linear(4C -> 2C, no bias): the reference's order and parameter names.
+        self.downsample = PatchMergingV2(dim, norm_layer=nn.LayerNorm, spatial_dims=2) if resample == "down" else None
+        self.upsample = PatchExpand(dim, dim // 2, scale=2) if resample == "up" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return x
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    """VSSM-wide init of the reference: Linear trunc_normal(std .02) and bias 0; LayerNorm weight 1, bias 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class MambaUNet(nn.Module):
+    """Mamba-UNet for 2D segmentation: (B, in_channels, H, W) -> logits (B, out_channels, H, W).
+
+    H and W must be divisible by 4 * 2**(len(depths) - 1) (32 for the paper's four stages).
+
+    Args:
+        in_channels: input channels.
+        out_channels: number of classes.
+        embed_dim: channels after the stem; stage i has embed_dim * 2**i.
+        depths: VSSBlocks per encoder stage; decoder stage k mirrors encoder stage len(depths)-1-k.
+        d_state, d_conv, expand: SS2D hyper-parameters.
+        drop_path_rate: stochastic depth rises linearly from 0 to this over the encoder blocks; the decoder re-uses
+            the rates of the mirrored encoder stage.
+        rgb_stem: True = the paper's 3-channel stem (a 1-channel input is repeated to 3 channels, which lets the
+            ImageNet stem load unchanged); False = the stem takes in_channels directly.
+        scan_backend: passed to :func:`scripts.selective_scan.selective_scan`.
+        pretrained_path: VMamba v0 checkpoint loaded with :func:`load_vmamba_v0_weights` after init.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 4,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        d_state: int = 16,
+        d_conv: int = 3,
+        expand: int = 2,
+        drop_path_rate: float = 0.2,
+        rgb_stem: bool = True,
+        scan_backend: str = "auto",
+        pretrained_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if len(depths) < 2:
+            raise ValueError(f"MambaUNet needs at least 2 stages, got depths={tuple(depths)}")
+        if rgb_stem and in_channels not in (1, 3):
+            raise ValueError(
+                f"rgb_stem=True takes 1 (repeated to RGB) or 3 input channels, got in_channels={in_channels}"
+            )
+        self.in_channels = in_channels
+        self.rgb_stem = rgb_stem
+        num_stages = len(depths)
+        self.size_divisor = PATCH_SIZE * 2 ** (num_stages - 1)
+        dims = [embed_dim * 2**i for i in range(num_stages)]
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stage_rates = [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(num_stages)]
+        scan_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
+
+        # MONAI's PatchEmbed = Conv2d(k=s=4) + LayerNorm over channels, with the reference's names (proj, norm).
+        self.patch_embed = PatchEmbed(
+            patch_size=PATCH_SIZE,
+            in_chans=3 if rgb_stem else in_channels,
+            embed_dim=embed_dim,
+            norm_layer=nn.LayerNorm,
+            spatial_dims=2,
+        )
+        self.layers = nn.ModuleList(
+            VSSLayer(dims[i], stage_rates[i], "down" if i < num_stages - 1 else None, **scan_kwargs)
+            for i in range(num_stages)
+        )
+        self.norm = nn.LayerNorm(dims[-1])
+        # layers_up.0 is a bare PatchExpand; layers_up.k (k >= 1) mirrors encoder stage num_stages-1-k.
+        self.layers_up = nn.ModuleList([PatchExpand(dims[-1], dims[-2], scale=2)])
+        self.concat_back_dim = nn.ModuleList([nn.Identity()])
+        for k in range(1, num_stages):
+            stage = num_stages - 1 - k
+            self.layers_up.append(
+                VSSLayer(dims[stage], stage_rates[stage], "up" if k < num_stages - 1 else None, **scan_kwargs)
+            )
+            self.concat_back_dim.append(nn.Linear(2 * dims[stage], dims[stage]))
+        self.norm_up = nn.LayerNorm(embed_dim)
+        self.up = PatchExpand(embed_dim, embed_dim, scale=PATCH_SIZE)
+        self.output = nn.Conv2d(embed_dim, out_channels, kernel_size=1, bias=False)
+
+        self.apply(_init_linear_and_norm)
+        if pretrained_path is not None:
+            load_vmamba_v0_weights(self, pretrained_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_channels, H, W) -> logits (B, out_channels, H, W)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"MambaUNet expects input (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[2] % self.size_divisor or x.shape[3] % self.size_divisor:
+            raise ValueError(
+                f"MambaUNet needs H and W divisible by {self.size_divisor}, got input shape {tuple(x.shape)}"
+            )
+        if self.rgb_stem and self.in_channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = self.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/4, W/4, C)
+
+        # Skips are each encoder stage's INPUT; the finest one is the raw patch embedding, the last is unused.
+        skips = []
+        for layer in self.layers:
+            skips.append(x)
+            x = layer(x)
+        x = self.norm(x)
+
+        num_stages = len(self.layers)
+        x = self.layers_up[0](x)
+        for k in range(1, num_stages):
+            x = self.concat_back_dim[k](torch.cat([x, skips[num_stages - 1 - k]], dim=-1))  # decoder first
+            x = self.layers_up[k](x)
+        x = self.norm_up(x)
+        x = self.up(x).permute(0, 3, 1, 2)  # (B, C, H, W)
+        return self.output(x)
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """Tensor dict of a checkpoint that is either {"model": state_dict, ...} or a plain state dict."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RuntimeError(
+            f"{path}: the file holds pickled Python objects besides tensors (e.g. a training config), which "
+            "torch.load(weights_only=True) refuses. If you trust the file, extract the weights once with "
+            f"`torch.save(torch.load('{path}', map_location='cpu', weights_only=False)['model'], 'weights.pth')` "
+            "and pass the new file."
+        ) from err
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors or a dict with key 'model' holding one")
+    return state
+
+
+def load_vmamba_v0_weights(network: MambaUNet, checkpoint_path: str) -> dict[str, list[str]]:
+    """Initialise ``network`` from a VMamba v0 checkpoint the way the paper's ``load_from`` does.
+
+    Every checkpoint key is a candidate as is; every ``layers.{i}.*`` key is also a candidate for the mirrored
+    decoder stage ``layers_up.{n-1-i}.*`` (n = number of stages). A key the checkpoint already holds under its own
+    name wins over a mirrored copy. For a 1-channel stem and a 3-channel checkpoint stem the kernel is summed over
+    its input channels, so a gray image gives the response of the same image repeated to RGB. Candidates whose shape
+    differs from the model's are skipped; the rest load with strict=False.
+
+    Returns:
+        {"loaded": model keys loaded, "missing": model keys left at their init, "skipped_shape": model keys whose
+        candidate had another shape, "unused": checkpoint keys that loaded nowhere}.
+    """
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VMamba v0 checkpoint not found: {path}")
+    state = _read_state_dict(path)
+
+    num_stages = len(network.layers)
+    candidates: dict[str, tuple[str, torch.Tensor]] = {key: (key, value) for key, value in state.items()}
+    for key, value in state.items():
+        match = re.fullmatch(r"layers\.(\d+)\.(.+)", key)
+        if match and int(match[1]) < num_stages:
+            candidates.setdefault(f"layers_up.{num_stages - 1 - int(match[1])}.{match[2]}", (key, value))
+
+    model_state = network.state_dict()
+    stem_key = "patch_embed.proj.weight"
+    if stem_key in candidates and stem_key in model_state:
+        source, kernel = candidates[stem_key]
+        if model_state[stem_key].shape[1] == 1 and kernel.ndim == 4 and kernel.shape[1] == 3:
+            candidates[stem_key] = (source, kernel.sum(dim=1, keepdim=True))
+
+    to_load: dict[str, torch.Tensor] = {}
+    skipped_shape: list[str] = []
+    used_sources: set[str] = set()
+    for target, (source, value) in candidates.items():
+        if target not in model_state:
+            continue
+        if value.shape != model_state[target].shape:
+            skipped_shape.append(target)
+            continue
+        to_load[target] = value
+        used_sources.add(source)
+    network.load_state_dict(to_load, strict=False)
+
+    report = {
+        "loaded": [key for key in model_state if key in to_load],
+        "missing": [key for key in model_state if key not in to_load],
+        "skipped_shape": skipped_shape,
+        "unused": [key for key in state if key not in used_sources],
+    }
+    loaded_params = sum(model_state[key].numel() for key in report["loaded"])
+    total_params = sum(value.numel() for value in model_state.values())
+    logger.info(
+        "Loaded VMamba v0 weights from %s: %d of %d tensors, %s of %s parameters (%.1f%%). %d model tensors keep "
+        "their random init (%s); %d checkpoint tensors unused (%s); %d skipped for a shape mismatch (%s).",
+        path,
+        len(report["loaded"]),
+        len(model_state),
+        f"{loaded_params:,}",
+        f"{total_params:,}",
+        100.0 * loaded_params / max(total_params, 1),
+        len(report["missing"]),
+        _abbreviate(report["missing"]),
+        len(report["unused"]),
+        _abbreviate(report["unused"]),
+        len(skipped_shape),
+        _abbreviate(skipped_shape),
+    )
+    return report
+
+
+def _abbreviate(keys: list[str], limit: int = 4) -> str:
+    """First few keys for a log line."""
+    if not keys:
+        return "none"
+    return ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")

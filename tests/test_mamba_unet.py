@@ -373,3 +373,34 @@ def test_loader_errors(tmp_path):
     torch.save({"model": {"norm.weight": torch.ones(128)}, "config": argparse.Namespace(lr=0.1)}, pickled)
     with pytest.raises(RuntimeError, match=r"pickled Python objects.*\['model'\]"):
         load_vmamba_v0_weights(net, str(pickled))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_scan_matches_torch_scan_inside_the_network():
+    """mamba-ssm's kernel and our pure-PyTorch scan give the same network outputs and gradients (rel. error < 1e-4)."""
+    from scripts.selective_scan import mamba_ssm_available
+
+    if not mamba_ssm_available():
+        pytest.skip("mamba-ssm is not installed")
+    torch.backends.cuda.matmul.allow_tf32 = False  # compare scans, not tf32 matmul rounding
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    net = MambaUNet(in_channels=1, out_channels=4, drop_path_rate=0.0).cuda()
+    x = torch.rand(2, 1, 224, 224, device="cuda")
+    target = torch.randint(0, 4, (2, 224, 224), device="cuda")
+    results = {}
+    for backend in ("cuda", "torch"):
+        for module in net.modules():
+            if hasattr(module, "scan_backend"):
+                module.scan_backend = backend
+        net.zero_grad()
+        out = net(x)
+        F.cross_entropy(out, target).backward()
+        results[backend] = (out.detach(), {n: p.grad.detach().clone() for n, p in net.named_parameters()})
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+    assert rel(results["cuda"][0], results["torch"][0]) < 1e-4
+    worst = max(((rel(g, results["torch"][1][n]), n) for n, g in results["cuda"][1].items()))
+    assert worst[0] < 1e-4, f"largest gradient difference {worst[0]:.2e} in {worst[1]}"

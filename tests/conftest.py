@@ -16,7 +16,9 @@ if str(BUNDLE_ROOT) not in sys.path:
     sys.path.insert(0, str(BUNDLE_ROOT))
 
 
-def bundle_cli(*args: str, cwd: Path = BUNDLE_ROOT, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def bundle_cli(
+    *args: str, cwd: Path = BUNDLE_ROOT, check: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """Run `python -m monai.bundle <args>` in a subprocess (fresh interpreter, as a user would) and return the result."""
     env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     cmd = [sys.executable, "-m", "monai.bundle", *args]

@@ -496,7 +496,9 @@ def test_inference_datalist_skips_labels_and_cine(tmp_path):
         (tmp_path / "patient001" / name).write_bytes(b"")
     found = [Path(d["image"]).name for d in inference_datalist(tmp_path)]
     assert found == ["other.nii", "patient001_frame01.nii.gz"]
-    assert inference_datalist(tmp_path / "patient001" / "other.nii") == [{"image": str(tmp_path / "patient001" / "other.nii")}]
+    assert inference_datalist(tmp_path / "patient001" / "other.nii") == [
+        {"image": str(tmp_path / "patient001" / "other.nii")}
+    ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputDataError, match="no NIfTI images"):
         inference_datalist(tmp_path / "empty")

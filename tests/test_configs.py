@@ -57,7 +57,8 @@ def test_train_config_instantiates_trainer_and_evaluator(tmp_path):
     evaluator = parser.get_parsed_content("validate#evaluator")
     assert evaluator.data_loader.batch_size == 1
     batch = next(iter(parser.get_parsed_content("train#dataloader")))
-    assert batch["image"].shape == (8, 1, 32, 32) and batch["label"].shape == (8, 1, 32, 32)
+    expected = (parser.get_parsed_content("batch_size"), 1, 32, 32)
+    assert batch["image"].shape == expected and batch["label"].shape == expected
     assert batch["image"].dtype == torch.float32 and set(batch["label"].unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
 
 

@@ -26,12 +26,80 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.layers import DropPath
 from monai.networks.nets.swin_unetr import PatchMergingV2
 
-from scripts.selective_scan import selective_scan
+from scripts.selective_scan import scan_backend_in_use, selective_scan
 
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 4  # stem patch size of VMamba-T / Mamba-UNet
 NUM_DIRECTIONS = 4  # SS2D scans: row-major, column-major, and both reversed
+
+
+def _direction_orders(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel orders of the four SS2D scans and their inverses, both (4, L) int64 with L = height*width.
+
+    ``orders[k, l]`` is the row-major index of the l-th pixel of scan k ([row-major, column-major, reversed row-major,
+    reversed column-major]); ``inverses[k, p]`` is the position of row-major pixel p in scan k. One gather with these
+    replaces the reference's stack/transpose/flip/cat copies (one pass over the tensor instead of four).
+    """
+    key = (height, width, str(device))
+    cached = _ORDER_CACHE.get(key)
+    if cached is None:
+        row_major = torch.arange(height * width, device=device)
+        column_major = row_major.view(height, width).t().reshape(-1)
+        orders = torch.stack([row_major, column_major, row_major.flip(0), column_major.flip(0)])
+        cached = (orders, orders.argsort(dim=1))
+        _ORDER_CACHE[key] = cached
+    return cached
+
+
+_ORDER_CACHE: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _gather_directions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, D, L) gathered with (4, L) -> (B, 4, D, L): out[b, k, d, l] = x[b, d, index[k, l]]."""
+    batch, dim, length = x.shape
+    expanded = index.view(1, NUM_DIRECTIONS, 1, length).expand(batch, NUM_DIRECTIONS, dim, length)
+    return x.unsqueeze(1).expand(batch, NUM_DIRECTIONS, dim, length).gather(3, expanded)
+
+
+def _merge_directions(y: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """(B, 4, D, L) gathered with the (4, L) inverse orders and summed over the directions -> (B, D, L)."""
+    batch, _, dim, length = y.shape
+    expanded = inverse.view(1, NUM_DIRECTIONS, 1, length).expand(batch, NUM_DIRECTIONS, dim, length)
+    # Summed in float32 whatever the input dtype, like the reference (whose scan output is float32).
+    return y.gather(3, expanded).sum(dim=1, dtype=torch.promote_types(y.dtype, torch.float32))
+
+
+class _CrossScan(torch.autograd.Function):
+    """Gather into the four scan orders; the backward is the merge (the adjoint of a gather is a scatter-add, which
+    here is the gather with the inverse orders, summed), avoiding a zero-filled scatter_add buffer per direction."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, orders: torch.Tensor, inverses: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(orders, inverses)
+        ctx.input_dtype = x.dtype
+        return _gather_directions(x, orders)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        _, inverses = ctx.saved_tensors
+        return _merge_directions(grad, inverses).to(ctx.input_dtype), None, None
+
+
+class _CrossMerge(torch.autograd.Function):
+    """Sum of the four scans in row-major order (float32 or wider); the backward gathers the gradient into the scan
+    orders."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, orders: torch.Tensor, inverses: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(orders, inverses)
+        ctx.input_dtype = y.dtype
+        return _merge_directions(y, inverses)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        orders, _ = ctx.saved_tensors
+        return _gather_directions(grad.to(ctx.input_dtype), orders), None, None
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
@@ -41,13 +109,11 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
         x: (B, D, H, W).
 
     Returns:
-        (B, 4, D, L) with L = H*W: [row-major, column-major, reversed row-major, reversed column-major].
+        (B, 4, D, L) contiguous with L = H*W: [row-major, column-major, reversed row-major, reversed column-major].
     """
     batch, dim, height, width = x.shape
-    row_major = x.reshape(batch, dim, height * width)
-    column_major = x.transpose(2, 3).reshape(batch, dim, height * width)
-    forward_scans = torch.stack([row_major, column_major], dim=1)
-    return torch.cat([forward_scans, forward_scans.flip(-1)], dim=1)
+    orders, inverses = _direction_orders(height, width, x.device)
+    return _CrossScan.apply(x.reshape(batch, dim, height * width), orders, inverses)
 
 
 def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -60,10 +126,130 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     Returns:
         (B, D, L) in row-major order.
     """
-    batch, _, dim, length = y.shape
-    y = torch.cat([y[:, :2], y[:, 2:].flip(-1)], dim=1)  # undo the reversals
-    column_major = y[:, 1::2].reshape(batch, 2, dim, width, height).transpose(3, 4).reshape(batch, 2, dim, length)
-    return y[:, 0] + y[:, 2] + column_major.sum(dim=1)
+    orders, inverses = _direction_orders(height, width, y.device)
+    return _CrossMerge.apply(y, orders, inverses)
+
+
+# mamba-ssm's selective-scan kernel as a PyTorch custom op. Why not call mamba-ssm's selective_scan_fn: (1) it is an
+# opaque pybind call inside an autograd.Function, which torch.compile cannot trace (graph break per SS2D); as a custom
+# op with a fake (shape-only) implementation the whole network compiles into one graph around it; (2) it lets bf16
+# u/delta/B/C through (the kernel computes in fp32 internally and accepts bf16 inputs with fp32 A, D, delta_bias),
+# where scripts.selective_scan casts every input to an fp32 copy. The extension is imported on first use only.
+# Forward returns (out, states): states = the kernel's per-chunk scan states (batch, dim, ceil(L/2048), 2N) fp32,
+# which its backward needs.
+_KERNEL_CHUNK = 2048
+
+
+def _scan_kernel():
+    import selective_scan_cuda  # noqa: F401  (mamba-ssm's CUDA extension; imported lazily on purpose)
+
+    return selective_scan_cuda
+
+
+@torch.library.custom_op("mamba_unet::selective_scan_fwd", mutates_args=())
+def _scan_fwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    a_mat: torch.Tensor,
+    b_mat: torch.Tensor,
+    c_mat: torch.Tensor,
+    d_skip: torch.Tensor,
+    delta_bias: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, states, *_ = _scan_kernel().fwd(u, delta, a_mat, b_mat, c_mat, d_skip, None, delta_bias, True)
+    return out, states
+
+
+@_scan_fwd.register_fake
+def _(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias):
+    batch, dim, length = u.shape
+    n_chunks = -(-length // _KERNEL_CHUNK)
+    return torch.empty_like(u), u.new_empty((batch, dim, n_chunks, 2 * a_mat.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("mamba_unet::selective_scan_bwd", mutates_args=())
+def _scan_bwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    a_mat: torch.Tensor,
+    b_mat: torch.Tensor,
+    c_mat: torch.Tensor,
+    d_skip: torch.Tensor,
+    delta_bias: torch.Tensor,
+    grad_out: torch.Tensor,
+    states: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _scan_kernel().bwd(
+        u, delta, a_mat, b_mat, c_mat, d_skip, None, delta_bias, grad_out, states, None, None, True, False
+    )
+    du, ddelta, d_a, d_b, d_c, d_d, ddelta_bias = grads[:7]
+    return du, ddelta, d_a, d_b.to(b_mat.dtype), d_c.to(c_mat.dtype), d_d, ddelta_bias
+
+
+@_scan_bwd.register_fake
+def _(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, grad_out, states):
+    return tuple(torch.empty_like(t) for t in (u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias))
+
+
+def _scan_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs, output[1])
+
+
+def _scan_backward(ctx, grad_out: torch.Tensor, _grad_states: torch.Tensor | None):
+    u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, states = ctx.saved_tensors
+    return _scan_bwd(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, grad_out.contiguous(), states)
+
+
+_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def mamba_kernel_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    a_mat: torch.Tensor,
+    b_mat: torch.Tensor,
+    c_mat: torch.Tensor,
+    d_skip: torch.Tensor,
+    delta_bias: torch.Tensor,
+) -> torch.Tensor:
+    """mamba-ssm's CUDA selective scan with delta_softplus, as a differentiable, torch.compile-traceable op.
+
+    Args:
+        u, delta: (batch, dim, L), both float32 or both bfloat16/float16 (the kernel computes in float32).
+        a_mat: (dim, N) float32. b_mat, c_mat: (batch, G, N, L) in u's dtype. d_skip, delta_bias: (dim,) float32.
+
+    Returns:
+        (batch, dim, L) in u's dtype.
+    """
+    low = u.dtype
+    b_mat, c_mat = b_mat.to(low), c_mat.to(low)
+    return _scan_fwd(
+        _last_dim_contiguous(u),
+        _last_dim_contiguous(delta.to(low)),
+        a_mat.float().contiguous(),
+        _last_dim_contiguous(b_mat),
+        _last_dim_contiguous(c_mat),
+        d_skip.float().contiguous(),
+        delta_bias.float().contiguous(),
+    )[0]
+
+
+# Resolved scan backend per (requested backend, device type), for torch.compile: dynamo cannot trace the environment
+# and import checks of scan_backend_in_use, so under compilation the value resolved in eager mode (or now) is reused.
+_RESOLVED_BACKENDS: dict[tuple[str, str], str] = {}
+
+
+def _resolve_scan_backend(u: torch.Tensor, requested: str) -> str:
+    key = (requested, u.device.type)
+    if torch.compiler.is_compiling() and key in _RESOLVED_BACKENDS:
+        return _RESOLVED_BACKENDS[key]
+    backend = scan_backend_in_use(u, requested)
+    _RESOLVED_BACKENDS[key] = backend
+    return backend
 
 
 class SS2D(nn.Module):
@@ -126,24 +312,32 @@ class SS2D(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
 
-        xs = cross_scan(x)  # (B, K, d_inner, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        xs = cross_scan(x)  # (B, K, d_inner, L), contiguous
+        # Broadcast batched matmuls read xs in place (einsum would permute-copy it): (1,K,c,d) @ (B,K,d,L) -> (B,K,c,L).
+        x_dbl = torch.matmul(self.x_proj_weight.unsqueeze(0), xs)
         dts, b_mats, c_mats = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        # The scan runs in (at least) float32, as the CUDA kernel requires; B/C stay grouped per direction (B, K, N, L).
-        scan_dtype = torch.promote_types(x.dtype, torch.float32)
-        y = selective_scan(
-            xs.to(scan_dtype).reshape(batch, -1, length),
-            dts.to(scan_dtype).reshape(batch, -1, length),
-            -torch.exp(self.A_logs.to(scan_dtype)),
-            b_mats.to(scan_dtype),
-            c_mats.to(scan_dtype),
-            D=self.Ds.to(scan_dtype),
-            delta_bias=self.dt_projs_bias.to(scan_dtype).reshape(-1),
-            delta_softplus=True,
-            backend=self.scan_backend,
-        ).reshape(batch, NUM_DIRECTIONS, self.d_inner, length)
-        y = cross_merge(y, height, width).transpose(1, 2).reshape(batch, height, width, self.d_inner)
+        dts = torch.matmul(self.dt_projs_weight.unsqueeze(0), dts)  # (B, K, d_inner, L)
+        u, delta = xs.view(batch, -1, length), dts.reshape(batch, -1, length)
+        if _resolve_scan_backend(u, self.scan_backend) == "cuda":
+            # B/C stay grouped per direction (B, K, N, L); the kernel takes bf16 inputs as they come under autocast.
+            y = mamba_kernel_scan(
+                u, delta, -torch.exp(self.A_logs.float()), b_mats, c_mats, self.Ds, self.dt_projs_bias.reshape(-1)
+            )
+        else:
+            scan_dtype = torch.promote_types(x.dtype, torch.float32)
+            y = selective_scan(
+                u.to(scan_dtype),
+                delta.to(scan_dtype),
+                -torch.exp(self.A_logs.to(scan_dtype)),
+                b_mats.to(scan_dtype),
+                c_mats.to(scan_dtype),
+                D=self.Ds.to(scan_dtype),
+                delta_bias=self.dt_projs_bias.to(scan_dtype).reshape(-1),
+                delta_softplus=True,
+                backend="torch",
+            )
+        y = cross_merge(y.view(batch, NUM_DIRECTIONS, self.d_inner, length), height, width)  # (B, d_inner, L)
+        y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
         # Like the reference, normalise the float32 sum (under autocast the norm weights stay float32 too).
         y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)
         return self.out_proj(y * F.silu(z))

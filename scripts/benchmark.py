@@ -1,0 +1,386 @@
+"""Training and inference speed of the bundle's networks on the current device.
+
+``python -m scripts.benchmark [--networks mamba_unet,unet,swin_unet] [--batch 24] [--size 224] [--steps N]
+[--amp bf16|none] [--compile] [--pipeline_iters N] [--dataset_dir DIR]`` prints, per network:
+
+- training img/s and ms/step: forward + DiceCE loss + backward + SGD step on a batch already on the device, each step
+  timed with CUDA events (wall clock on CPU) after warm-up; the median step;
+- inference img/s (eval mode, no grad, same batch), median;
+- peak memory of the training steps (``torch.cuda.max_memory_allocated``; n/a on CPU);
+- for Mamba-UNet, the time of its selective scans alone for one step: the scan calls of one training step are recorded
+  (their real inputs), then replayed forward only and forward + backward;
+- full-pipeline training img/s: configs/train.json's CacheDataset / DataLoader / augmentation / SupervisedTrainer on the
+  phantom (or ``--dataset_dir``, SSL4MIS layout) for ``--pipeline_iters`` iterations, timed after the first 10%;
+  then one validation pass gives the validation Dice of that short run (a check that bf16/compile train the same).
+
+A table of all of it comes last. UNet and Swin-UNet are imported lazily and skipped with a note when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 4
+
+# name -> (module, class); constructed with in_channels=1, out_channels=NUM_CLASSES.
+NETWORKS = {
+    "mamba_unet": ("scripts.networks.mamba_unet", "MambaUNet"),
+    "unet": ("scripts.networks.unet", "UNet"),
+    "swin_unet": ("scripts.networks.swin_unet", "SwinUNet"),
+}
+COLUMNS = [
+    "network",
+    "train img/s",
+    "ms/step",
+    "infer img/s",
+    "peak GiB",
+    "scan fwd ms",
+    "scan fwd+bwd ms",
+    "pipeline img/s",
+    "val Dice",
+]
+
+
+@dataclass
+class Result:
+    """One network's measurements; None = not measured, ``note`` says why."""
+
+    network: str
+    train_ms: float | None = None
+    infer_ms: float | None = None
+    peak_gib: float | None = None
+    scan_fwd_ms: float | None = None
+    scan_fwd_bwd_ms: float | None = None
+    pipeline_img_s: float | None = None
+    val_dice: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, batch: int) -> list[str]:
+        def fmt(value: float | None, digits: int = 1) -> str:
+            return "n/a" if value is None else f"{value:,.{digits}f}"
+
+        return [
+            self.network,
+            fmt(None if self.train_ms is None else 1000.0 * batch / self.train_ms),
+            fmt(self.train_ms),
+            fmt(None if self.infer_ms is None else 1000.0 * batch / self.infer_ms),
+            fmt(self.peak_gib, 2),
+            fmt(self.scan_fwd_ms),
+            fmt(self.scan_fwd_bwd_ms),
+            fmt(self.pipeline_img_s),
+            fmt(self.val_dice, 4),
+        ]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--networks", default="mamba_unet,unet,swin_unet", help="comma-separated: " + ",".join(NETWORKS)
+    )
+    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--size", type=int, default=224, help="square input size in pixels")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (after --warmup steps)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--amp", choices=("bf16", "none"), default="none", help="bf16 autocast around the step")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
+    parser.add_argument("--pipeline_iters", type=int, default=300, help="full-pipeline iterations; 0 skips it")
+    parser.add_argument("--dataset_dir", default=None, help="SSL4MIS ACDC folder; default: the synthetic phantom")
+    parser.add_argument("--num_workers", type=int, default=4, help="pipeline DataLoader/CacheDataset workers")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    args = parser.parse_args(argv)
+    args.networks = [name.strip() for name in args.networks.split(",") if name.strip()]
+    unknown = [name for name in args.networks if name not in NETWORKS]
+    if unknown:
+        parser.error(f"unknown network(s) {unknown}; choose from {list(NETWORKS)}")
+    if min(args.batch, args.size, args.steps) < 1 or args.warmup < 0 or args.pipeline_iters < 0:
+        parser.error("--batch, --size and --steps must be >= 1; --warmup and --pipeline_iters >= 0")
+    return args
+
+
+def network_class(name: str) -> type[torch.nn.Module]:
+    """The network's class; ImportError/AttributeError when its module is not (yet) in the bundle."""
+    module_name, class_name = NETWORKS[name]
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_network(name: str, size: int) -> torch.nn.Module:
+    """The network for 1-channel inputs of size x size (fixed-size networks get ``img_size``)."""
+    cls = network_class(name)
+    kwargs = {"in_channels": 1, "out_channels": NUM_CLASSES}
+    if "img_size" in inspect.signature(cls).parameters:
+        kwargs["img_size"] = size
+    return cls(**kwargs)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class Timer:
+    """Times one region: CUDA events on a GPU (no host sync inside the region), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, times: list[float]) -> Iterator[None]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            start_s = time.perf_counter()
+            yield
+            times.append(1000.0 * (time.perf_counter() - start_s))
+
+
+def median_ms(run: Callable[[], None], timer: Timer, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    for _ in range(steps):
+        with timer(times):
+            run()
+    return statistics.median(times)
+
+
+def make_loss() -> torch.nn.Module:
+    """configs/train.json's loss (DiceCE), so the benchmark step is the training step."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE_ROOT / "configs" / "train.json")
+    return parser.get_parsed_content("loss")
+
+
+@contextlib.contextmanager
+def recording_scans(calls: list[tuple[Callable, tuple, dict]]) -> Iterator[None]:
+    """Record every selective-scan call of Mamba-UNet's SS2D (function, detached inputs) while inside."""
+    from scripts.networks import mamba_unet
+
+    def wrap(original: Callable) -> Callable:
+        def recorder(*args, **kwargs):
+            detached = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
+            kw = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            calls.append((original, detached, kw))
+            return original(*args, **kwargs)
+
+        return recorder
+
+    # mamba_kernel_scan: the CUDA kernel op; selective_scan: the pure-PyTorch scan (and older versions' only path).
+    names = [name for name in ("mamba_kernel_scan", "selective_scan") if hasattr(mamba_unet, name)]
+    originals = {name: getattr(mamba_unet, name) for name in names}
+    for name, function in originals.items():
+        setattr(mamba_unet, name, wrap(function))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(mamba_unet, name, function)
+
+
+def time_scans(calls: list[tuple[Callable, tuple, dict]], timer: Timer, steps: int, warmup: int) -> tuple[float, float]:
+    """(forward ms, forward+backward ms) of the recorded scan calls replayed back to back: one training step's scans."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            for function, args, kwargs in calls:
+                function(*args, **kwargs)
+
+    grads_inputs = [
+        (
+            function,
+            tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args),
+            kwargs,
+        )
+        for function, args, kwargs in calls
+    ]
+
+    def forward_backward() -> None:
+        for function, args, kwargs in grads_inputs:
+            out = function(*args, **kwargs)
+            out.backward(torch.ones_like(out))
+
+    return median_ms(forward, timer, steps, warmup), median_ms(forward_backward, timer, steps, warmup)
+
+
+def benchmark_steps(name: str, args: argparse.Namespace, device: torch.device, result: Result) -> None:
+    """Training step, inference and scan timings on synthetic data already on the device."""
+    torch.manual_seed(0)
+    network = build_network(name, args.size).to(device)
+    model = torch.compile(network) if args.compile else network
+    loss_function = make_loss()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    images = torch.rand(args.batch, 1, args.size, args.size, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (args.batch, 1, args.size, args.size), device=device).float()
+    timer = Timer(device)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, args.amp):
+            loss = loss_function(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    if device.type == "cuda":
+        train_step()  # compile / cudnn autotune outside the peak-memory window
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    result.train_ms = median_ms(train_step, timer, args.steps, args.warmup)
+    if device.type == "cuda":
+        result.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+
+    if name == "mamba_unet":
+        calls: list[tuple[Callable, tuple, dict]] = []
+        with recording_scans(calls):
+            # Eager network: the compiled graph calls the op directly, past the module attribute recorded here.
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, args.amp):
+                loss_function(network(images), labels).backward()
+        optimizer.zero_grad(set_to_none=True)
+        result.scan_fwd_ms, result.scan_fwd_bwd_ms = time_scans(calls, timer, args.steps, args.warmup)
+        result.notes.append(f"{len(calls)} scan calls per step")
+        del calls
+
+    model.eval()
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast(device, args.amp):
+            model(images)
+
+    result.infer_ms = median_ms(infer, timer, args.steps, args.warmup)
+
+
+def benchmark_pipeline(name: str, args: argparse.Namespace, device: torch.device, result: Result, work: Path) -> None:
+    """configs/train.json end to end (minus checkpointing/logging) for --pipeline_iters iterations, then one validation."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE_ROOT / "configs" / "train.json")
+    module_name, class_name = NETWORKS[name]
+    overrides = {
+        "bundle_root": str(BUNDLE_ROOT),
+        "data_source": "ssl4mis" if args.dataset_dir else "phantom",
+        "dataset_dir": args.dataset_dir or str(work / "phantom"),
+        "ckpt_dir": str(work / "models"),
+        "log_dir": str(work / "logs"),
+        "batch_size": args.batch,
+        "patch_size": [args.size, args.size],
+        "max_iterations": args.pipeline_iters,
+        "val_interval": args.pipeline_iters,
+        "num_workers": args.num_workers,
+        "amp": args.amp == "bf16",
+        "device": f"$torch.device('{device}')",
+        "network_def": {"_target_": f"{module_name}.{class_name}", "in_channels": 1, "out_channels": "@num_classes"},
+        "train#trainer#compile": args.compile,
+    }
+    for key, value in overrides.items():
+        parser[key] = value
+    # Throughput only: keep the LR schedule, drop validation/checkpoint/logging handlers (validation runs once, after).
+    parser["train#handlers"] = [h for h in parser["train#handlers"] if h.get("_target_") == "LrScheduleHandler"]
+    parser.parse()
+    parser.get_parsed_content("initialize")  # set_determinism(seed)
+    trainer = parser.get_parsed_content("train#trainer")
+    if args.amp == "bf16":
+        trainer.amp_kwargs = {"dtype": torch.bfloat16}  # SupervisedTrainer's amp is float16 autocast by default
+    start_iteration = max(1, args.pipeline_iters // 10)
+    marks: dict[str, float] = {}
+
+    def mark(key: str) -> Callable:
+        def handler(_engine) -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            marks[key] = time.perf_counter()
+
+        return handler
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=start_iteration), mark("start"))
+    trainer.add_event_handler(Events.COMPLETED, mark("end"))
+    trainer.run()
+    timed = trainer.state.iteration - start_iteration
+    if timed > 0:
+        result.pipeline_img_s = timed * args.batch / (marks["end"] - marks["start"])
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    if args.amp == "bf16":
+        evaluator.amp_kwargs = {"dtype": torch.bfloat16}
+    evaluator.run()
+    result.val_dice = float(evaluator.state.metrics["val_mean_dice"])
+
+
+def format_table(results: Sequence[Result], batch: int) -> str:
+    rows = [COLUMNS] + [r.row(batch) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    describe = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"device {describe}, torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}, amp {args.amp}, "
+        f"compile {args.compile}, tf32 {args.tf32}, {args.steps} timed steps after {args.warmup}",
+        flush=True,
+    )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="benchmark_") as work:
+        for name in args.networks:
+            result = Result(name)
+            results.append(result)
+            try:
+                network_class(name)
+            except (ImportError, AttributeError) as err:
+                result.notes.append(f"skipped: {NETWORKS[name][0]}.{NETWORKS[name][1]} not available ({err})")
+                print(f"{name}: {result.notes[-1]}", flush=True)
+                continue
+            try:
+                benchmark_steps(name, args, device, result)
+                print(f"{name}: steps {result.row(args.batch)} {'; '.join(result.notes)}", flush=True)
+                if args.pipeline_iters:
+                    benchmark_pipeline(name, args, device, result, Path(work))
+                    print(f"{name}: pipeline {result.row(args.batch)[-2:]} (img/s, val Dice)", flush=True)
+            except Exception as err:  # one network failing (e.g. a fixed-size one at --size 64) must not stop the rest
+                logging.exception("%s failed", name)
+                result.notes.append(f"failed: {type(err).__name__}: {str(err)[:200]}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print()
+    print(format_table(results, args.batch))
+    for result in results:
+        if result.notes:
+            print(f"{result.network}: {'; '.join(result.notes)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

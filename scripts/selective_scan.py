@@ -196,16 +196,13 @@ def selective_scan(
 
     B4 = B if B.dim() == 4 else B.unsqueeze(1)
     C4 = C if C.dim() == 4 else C.unsqueeze(1)
-    out = _ChunkedSelectiveScan.apply(
-        as_compute(u),
-        as_compute(delta),
-        as_compute(A),
-        as_compute(B4),
-        as_compute(C4),
-        as_compute(D),
-        as_compute(delta_bias),
-        delta_softplus,
-    )
+    tensors = [as_compute(t) for t in (u, delta, A, B4, C4, D, delta_bias)]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out = _ChunkedSelectiveScan.apply(*tensors, delta_softplus)
+    else:
+        # Nothing to differentiate (inference, torch.jit.trace, ONNX export): run the same forward math without the
+        # autograd.Function, which TorchScript cannot serialise (it records an opaque prim::PythonOp).
+        out = _ChunkedSelectiveScan.scan(*tensors, delta_softplus)
     return out.to(u.dtype)
 
 
@@ -377,6 +374,31 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return decay, states, carry
 
     @staticmethod
+    def scan(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None,
+        delta_bias: torch.Tensor | None,
+        delta_softplus: bool,
+    ) -> torch.Tensor:
+        """The forward math, no autograd bookkeeping: u, delta (batch, dim, L), A (dim, N), B, C (batch, G, N, L),
+        D, delta_bias (dim,) or None, all in the compute dtype -> y (batch, dim, L)."""
+        batch, dim, length = u.shape
+        chunker = _Chunker(batch, dim, B.shape[1], length)
+        delta_pre = delta if delta_bias is None else delta + delta_bias[:, None]
+        delta_eff = F.softplus(delta_pre) if delta_softplus else delta_pre
+        _, states, _ = _ChunkedSelectiveScan._states(
+            chunker, chunker.seq(u), chunker.seq(delta_eff), chunker.a_matrix(A), chunker.state_seq(B)
+        )
+        y = chunker.unseq(_channel_dot(states, chunker.state_seq(C)))
+        if D is not None:
+            y = y + D[:, None] * u
+        return y
+
+    @staticmethod
     def forward(
         ctx: Any,
         u: torch.Tensor,
@@ -388,16 +410,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         delta_bias: torch.Tensor | None,
         delta_softplus: bool,
     ) -> torch.Tensor:
-        batch, dim, length = u.shape
-        chunker = _Chunker(batch, dim, B.shape[1], length)
-        delta_pre = delta if delta_bias is None else delta + delta_bias[:, None]
-        delta_eff = F.softplus(delta_pre) if delta_softplus else delta_pre
-        _, states, _ = _ChunkedSelectiveScan._states(
-            chunker, chunker.seq(u), chunker.seq(delta_eff), chunker.a_matrix(A), chunker.state_seq(B)
-        )
-        y = chunker.unseq(_channel_dot(states, chunker.state_seq(C)))
-        if D is not None:
-            y = y + D[:, None] * u
+        y = _ChunkedSelectiveScan.scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
         ctx.delta_softplus = delta_softplus
         return y

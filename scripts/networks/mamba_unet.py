@@ -113,7 +113,10 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """
     batch, dim, height, width = x.shape
     orders, inverses = _direction_orders(height, width, x.device)
-    return _CrossScan.apply(x.reshape(batch, dim, height * width), orders, inverses)
+    flat = x.reshape(batch, dim, height * width)
+    if not (torch.is_grad_enabled() and flat.requires_grad):  # inference / torch.jit.trace: no autograd.Function
+        return _gather_directions(flat, orders)
+    return _CrossScan.apply(flat, orders, inverses)
 
 
 def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -127,6 +130,8 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
         (B, D, L) in row-major order.
     """
     orders, inverses = _direction_orders(height, width, y.device)
+    if not (torch.is_grad_enabled() and y.requires_grad):  # inference / torch.jit.trace: no autograd.Function
+        return _merge_directions(y, inverses)
     return _CrossMerge.apply(y, orders, inverses)
 
 

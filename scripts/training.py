@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import from_engine
 
 logger = logging.getLogger(__name__)
 
 LATEST_CHECKPOINT = "latest.pt"
 BEST_MODEL = "model.pt"
+LOSS_OF_OUTPUT = from_engine(["loss"], first=True)  # SupervisedTrainer's output (decollated dicts) -> loss
 
 
 def validation_periods(max_iterations: int, val_interval: int) -> int:
@@ -55,6 +57,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def per_rank_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Batch per process so that the global batch stays the recipe's (24 = 2 x 12 on two GPUs)."""
+    if global_batch_size % world_size:
+        raise ValueError(
+            f"--batch_size {global_batch_size} is the global batch and must be divisible by the {world_size} processes."
+        )
+    return global_batch_size // world_size
+
+
+def is_main_process() -> bool:
+    """True outside torch.distributed and on rank 0: only one process writes checkpoints."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
@@ -143,16 +161,21 @@ class ResumableCheckpoint:
         )
 
     def _maybe_save_best(self, validator: Engine) -> None:
+        # every rank tracks the best metric (the validation metrics are all-reduced); only rank 0 writes
         metric = validator.state.metrics.get(self.key_metric)
         if metric is None or not math.isfinite(float(metric)):
             return
         iteration = self._trainer.state.iteration if self._trainer is not None else -1
         if float(metric) > self.best_metric:
             self.best_metric, self.best_iteration = float(metric), iteration
+            if not is_main_process():
+                return
             atomic_torch_save(unwrap(self.network).state_dict(), self.best_path)
             logger.info(f"New best {self.key_metric} {metric:.4f} at iteration {iteration}: saved {self.best_path}")
 
     def _save_latest(self, trainer: Engine) -> None:
+        if not is_main_process():
+            return
         state = {
             "network": unwrap(self.network).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -164,6 +187,72 @@ class ResumableCheckpoint:
             "rng": torch.get_rng_state(),
         }
         atomic_torch_save(state, self.latest_path)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: the loss (or, after an update, a network weight) became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss:
+    """Stops training with ``NonFiniteLossError`` at the first NaN/inf loss, before a diverged state is checkpointed.
+
+    Hand-written instead of Ignite's ``TerminateOnNan``: that one ends the run normally (``COMPLETED`` fires, exit
+    code 0, only a warning in the log), so a scheduler or script would take a diverged run for a finished one.
+
+    - trainer ITERATION_COMPLETED: the loss (``output_transform(engine.state.output)``) must be finite.
+    - and at the last iteration of each validation period (``iteration % epoch_length == 0``): every network weight
+      must be finite. An update from a finite loss with infinite gradients poisons the weights one iteration before
+      the loss shows it; checking then, before the validation (iteration- or epoch-level) can save ``model.pt`` and
+      before ``ResumableCheckpoint`` writes ``latest.pt``, keeps such weights out of both. List this handler first in
+      the trainer's handlers so that it runs before them.
+
+    The error names the iteration and the last good checkpoint (``ckpt_dir/latest.pt``, left untouched): raising
+    from inside the iteration skips every later save, so re-running the same command resumes from that checkpoint.
+    """
+
+    def __init__(
+        self, ckpt_dir: str, network: torch.nn.Module | None = None, output_transform: Callable = LOSS_OF_OUTPUT
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.network = network
+        self.output_transform = output_transform
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+
+    def _check(self, trainer: Engine) -> None:
+        loss = self.output_transform(trainer.state.output)
+        value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"training loss is {value} at iteration {trainer.state.iteration}: training stopped. "
+                f"{self._kept_checkpoint()} Lower the learning rate or switch off amp, then re-run."
+            )
+        period_end = trainer.state.epoch_length is None or trainer.state.iteration % trainer.state.epoch_length == 0
+        if self.network is not None and period_end:
+            self._check_weights(trainer)
+
+    def _check_weights(self, trainer: Engine) -> None:
+        bad = [name for name, p in unwrap(self.network).named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteLossError(
+                f"network weights became non-finite by iteration {trainer.state.iteration} ({len(bad)} tensors, e.g. "
+                f"{bad[0]}) although every loss was finite (infinite gradients?): training stopped before saving. "
+                f"{self._kept_checkpoint()} Lower the learning rate or switch off amp, then re-run."
+            )
+
+    def _kept_checkpoint(self) -> str:
+        path = self.ckpt_dir / LATEST_CHECKPOINT
+        if not path.exists():
+            return f"No checkpoint was saved yet ({path} is written at the end of each validation period)."
+        try:  # mmap: only the iteration is needed, not the weights
+            iteration = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
+        except Exception:
+            return f"The last checkpoint {path} was not overwritten."
+        return (
+            f"The last good checkpoint {path} (iteration {iteration}) is kept; re-running the same command resumes "
+            "from it."
+        )
 
 
 class ProgressBar:

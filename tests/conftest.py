@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,27 @@ if str(BUNDLE_ROOT) not in sys.path:
 
 
 def bundle_cli(
-    *args: str, cwd: Path = BUNDLE_ROOT, check: bool = True, timeout: int = 900
+    *args: str, cwd: Path = BUNDLE_ROOT, check: bool = True, timeout: int = 420
 ) -> subprocess.CompletedProcess:
-    """Run `python -m monai.bundle <args>` in a subprocess (fresh interpreter, as a user would) and return the result."""
-    env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    """Run `python -m monai.bundle <args>` in a subprocess (fresh interpreter, as a user would) and return the result.
+
+    On timeout the child gets SIGABRT with faulthandler enabled, so the failure shows every thread's stack instead of
+    a silent hang.
+    """
+    env = dict(
+        os.environ, PYTHONPATH=str(BUNDLE_ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2", PYTHONFAULTHANDLER="1"
+    )
     cmd = [sys.executable, "-m", "monai.bundle", *args]
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        stdout, stderr = process.communicate()
+        raise AssertionError(
+            f"command hung for {timeout} s: {' '.join(cmd)}\n--- stderr (thread dump) ---\n{stderr[-8000:]}"
+        ) from None
+    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(
             f"command failed ({result.returncode}): {' '.join(cmd)}\n--- stdout ---\n{result.stdout[-6000:]}"

@@ -86,3 +86,11 @@ def test_timestamped_dir_never_reuses_a_folder(tmp_path):
     (tmp_path / first).mkdir()
     second = timestamped_dir(tmp_path, "evaluation")
     assert first != second and not (tmp_path / second).exists()
+
+
+def test_per_rank_batch_size_keeps_the_global_batch():
+    from scripts.training import per_rank_batch_size
+
+    assert per_rank_batch_size(24, 2) == 12
+    with pytest.raises(ValueError, match="divisible by the 5 processes"):
+        per_rank_batch_size(24, 5)

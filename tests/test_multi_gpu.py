@@ -1,0 +1,33 @@
+"""configs/multi_gpu_train.json with torchrun: two gloo processes on the CPU train, validate and checkpoint once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+from conftest import BUNDLE_ROOT, config_list
+
+
+def test_two_process_ddp_training_on_cpu(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training",
+        "--config_file", config_list("train.json", "demo.json", "multi_gpu_train.json"),
+        "--meta_file", str(BUNDLE_ROOT / "configs" / "metadata.json"),
+        "--bundle_root", str(BUNDLE_ROOT), "--dataset_dir", str(tmp_path / "phantom"),
+        "--ckpt_dir", str(tmp_path / "models"), "--log_dir", str(tmp_path / "logs"), "--output_dir", str(tmp_path / "eval"),
+        "--max_iterations", "4", "--val_interval", "2", "--batch_size", "4", "--patch_size", "[32,32]",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:]
+    latest = torch.load(tmp_path / "models" / "latest.pt", map_location="cpu", weights_only=True)
+    assert latest["iteration"] == 4  # 4 iterations of the global batch 4 = 2 per process
+    assert not any(k.startswith("module.") for k in latest["network"]), "DDP wrapper leaked into the checkpoint"
+    assert (tmp_path / "models" / "model.pt").exists()
+    reports = [line for line in log.splitlines() if "Metrics --" in line and "val_mean_dice:" in line]
+    assert len(reports) == 2, "validation should be reported by rank 0 only, once per period"
+    assert log.count("Got new best metric of val_mean_dice") <= 2, "rank > 0 engine loggers should be quiet"

@@ -19,6 +19,11 @@ def _clean_input_error_hook(exc_type, exc, tb, _previous=sys.excepthook):
         return
     print(f"ERROR: {input_error}", file=sys.stderr)
     print("(bad input data; nothing was written. Set MAMBA_UNET_TRACEBACK=1 for the full traceback.)", file=sys.stderr)
+    # Exit at once: nothing needs finalising on this path, and interpreter teardown with the failed run's objects
+    # still referenced (h5py handles, loader threads) has been seen to hang after the message was printed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 if getattr(sys.excepthook, "__name__", "") != "_clean_input_error_hook":

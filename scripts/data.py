@@ -798,6 +798,9 @@ class LoadACDCd(MapTransform):
         finally:
             for h5 in h5_cache.values():
                 h5.close()
+            # drop the File objects now: a traceback keeping them alive until interpreter exit lets h5py deallocate
+            # them during final garbage collection, which can deadlock the process after the error was reported
+            h5_cache.clear()
         image = image.astype(np.float32)
         if self.normalize and stored_ndim == 3:
             low, high = image.min(), image.max()

@@ -404,3 +404,23 @@ def test_cuda_scan_matches_torch_scan_inside_the_network():
     assert rel(results["cuda"][0], results["torch"][0]) < 1e-4
     worst = max(((rel(g, results["torch"][1][n]), n) for n, g in results["cuda"][1].items()))
     assert worst[0] < 1e-4, f"largest gradient difference {worst[0]:.2e} in {worst[1]}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_inference_path_and_bf16_are_consistent_and_finite():
+    """On the GPU: the no-grad (inference/export) path equals the autograd path, and bf16 autocast stays finite on
+    inputs where fp32 is finite, including large intensities (the U-Mamba NaN report)."""
+    torch.manual_seed(0)
+    net = MambaUNet(in_channels=1, out_channels=4, drop_path_rate=0.0).cuda().eval()
+    for scale in (1.0, 1e3, 1e5):
+        x = torch.rand(2, 1, 224, 224, device="cuda") * scale
+        with torch.no_grad():
+            no_grad = net(x)
+        with_grad = net(x.requires_grad_())
+        assert torch.isfinite(no_grad).all()
+        torch.testing.assert_close(no_grad, with_grad.detach(), rtol=1e-5, atol=1e-5)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            low = net(x.detach())
+        assert torch.isfinite(low).all(), f"bf16 produced non-finite values at input scale {scale}"
+        agree = (low.argmax(1) == no_grad.argmax(1)).float().mean().item()
+        assert agree > 0.9, f"bf16 and fp32 predictions agree on only {agree:.1%} of pixels at scale {scale}"

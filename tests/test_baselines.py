@@ -251,7 +251,7 @@ def test_swin_t_loader_mirrors_encoder_into_decoder(swin_t_checkpoint, caplog):
     path, state = swin_t_checkpoint
     torch.manual_seed(1)
     net = SwinUNet(rgb_stem=False)  # 1-channel stem: the loader sums the RGB kernel
-    with caplog.at_level("INFO", logger="scripts.networks.swin_unet"):
+    with caplog.at_level("INFO", logger="scripts.networks.pretrained"):
         report = load_swin_t_weights(net, path)
     model_state = net.state_dict()
 

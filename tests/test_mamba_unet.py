@@ -302,7 +302,7 @@ def test_loader_vmamba_t_v0_layout(vmamba_checkpoint, caplog):
     torch.manual_seed(0)
     net = MambaUNet()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with caplog.at_level(logging.INFO, logger="scripts.networks.mamba_unet"):
+    with caplog.at_level(logging.INFO, logger="scripts.networks.pretrained"):
         report = load_vmamba_v0_weights(net, path)
     after = net.state_dict()
 

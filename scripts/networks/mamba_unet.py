@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -26,6 +23,7 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.layers import DropPath
 from monai.networks.nets.swin_unetr import PatchMergingV2
 
+from scripts.networks.pretrained import load_mirrored_encoder_weights
 from scripts.selective_scan import scan_backend_in_use, selective_scan
 
 logger = logging.getLogger(__name__)
@@ -516,118 +514,32 @@ class MambaUNet(nn.Module):
             raise ValueError(
                 f"MambaUNet needs H and W divisible by {self.size_divisor}, got input shape {tuple(x.shape)}"
             )
-        if self.rgb_stem and self.in_channels == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = self.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/4, W/4, C)
-
-        # Skips are each encoder stage's INPUT; the finest one is the raw patch embedding, the last is unused.
-        skips = []
-        for layer in self.layers:
-            skips.append(x)
-            x = layer(x)
-        x = self.norm(x)
-
-        num_stages = len(self.layers)
-        x = self.layers_up[0](x)
-        for k in range(1, num_stages):
-            x = self.concat_back_dim[k](torch.cat([x, skips[num_stages - 1 - k]], dim=-1))  # decoder first
-            x = self.layers_up[k](x)
-        x = self.norm_up(x)
-        x = self.up(x).permute(0, 3, 1, 2)  # (B, C, H, W)
-        return self.output(x)
+        return u_shaped_forward(self, x)
 
 
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    """Tensor dict of a checkpoint that is either {"model": state_dict, ...} or a plain state dict."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise RuntimeError(
-            f"{path}: the file holds pickled Python objects besides tensors (e.g. a training config), which "
-            "torch.load(weights_only=True) refuses. If you trust the file, extract the weights once with "
-            f"`torch.save(torch.load('{path}', map_location='cpu', weights_only=False)['model'], 'weights.pth')` "
-            "and pass the new file."
-        ) from err
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors or a dict with key 'model' holding one")
-    return state
+def u_shaped_forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The Swin-UNet-style U shared by Mamba-UNet and Swin-UNet: stem, encoder stages keeping each stage's INPUT as
+    the skip (the finest is the raw patch embedding, the last is unused), decoder stages fusing a skip by
+    concat(decoder first) + Linear, final 4x expansion and 1x1 head. x: (B, C_in, H, W) -> logits (B, C_out, H, W)."""
+    if network.rgb_stem and network.in_channels == 1:
+        x = x.expand(-1, 3, -1, -1)
+    x = network.patch_embed(x).permute(0, 2, 3, 1)  # (B, H/4, W/4, C): channels-last between blocks
+    skips = []
+    for layer in network.layers:
+        skips.append(x)
+        x = layer(x)
+    x = network.norm(x)
+    num_stages = len(network.layers)
+    x = network.layers_up[0](x)
+    for k in range(1, num_stages):
+        x = network.concat_back_dim[k](torch.cat([x, skips[num_stages - 1 - k]], dim=-1))
+        x = network.layers_up[k](x)
+    x = network.norm_up(x)
+    x = network.up(x).permute(0, 3, 1, 2)  # (B, C, H, W)
+    return network.output(x)
 
 
 def load_vmamba_v0_weights(network: MambaUNet, checkpoint_path: str) -> dict[str, list[str]]:
-    """Initialise ``network`` from a VMamba v0 checkpoint the way the paper's ``load_from`` does.
-
-    Every checkpoint key is a candidate as is; every ``layers.{i}.*`` key is also a candidate for the mirrored
-    decoder stage ``layers_up.{n-1-i}.*`` (n = number of stages). A key the checkpoint already holds under its own
-    name wins over a mirrored copy. For a 1-channel stem and a 3-channel checkpoint stem the kernel is summed over
-    its input channels, so a gray image gives the response of the same image repeated to RGB. Candidates whose shape
-    differs from the model's are skipped; the rest load with strict=False.
-
-    Returns:
-        {"loaded": model keys loaded, "missing": model keys left at their init, "skipped_shape": model keys whose
-        candidate had another shape, "unused": checkpoint keys that loaded nowhere}.
-    """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VMamba v0 checkpoint not found: {path}")
-    state = _read_state_dict(path)
-
-    num_stages = len(network.layers)
-    candidates: dict[str, tuple[str, torch.Tensor]] = {key: (key, value) for key, value in state.items()}
-    for key, value in state.items():
-        match = re.fullmatch(r"layers\.(\d+)\.(.+)", key)
-        if match and int(match[1]) < num_stages:
-            candidates.setdefault(f"layers_up.{num_stages - 1 - int(match[1])}.{match[2]}", (key, value))
-
-    model_state = network.state_dict()
-    stem_key = "patch_embed.proj.weight"
-    if stem_key in candidates and stem_key in model_state:
-        source, kernel = candidates[stem_key]
-        if model_state[stem_key].shape[1] == 1 and kernel.ndim == 4 and kernel.shape[1] == 3:
-            candidates[stem_key] = (source, kernel.sum(dim=1, keepdim=True))
-
-    to_load: dict[str, torch.Tensor] = {}
-    skipped_shape: list[str] = []
-    used_sources: set[str] = set()
-    for target, (source, value) in candidates.items():
-        if target not in model_state:
-            continue
-        if value.shape != model_state[target].shape:
-            skipped_shape.append(target)
-            continue
-        to_load[target] = value
-        used_sources.add(source)
-    network.load_state_dict(to_load, strict=False)
-
-    report = {
-        "loaded": [key for key in model_state if key in to_load],
-        "missing": [key for key in model_state if key not in to_load],
-        "skipped_shape": skipped_shape,
-        "unused": [key for key in state if key not in used_sources],
-    }
-    loaded_params = sum(model_state[key].numel() for key in report["loaded"])
-    total_params = sum(value.numel() for value in model_state.values())
-    logger.info(
-        "Loaded VMamba v0 weights from %s: %d of %d tensors, %s of %s parameters (%.1f%%). %d model tensors keep "
-        "their random init (%s); %d checkpoint tensors unused (%s); %d skipped for a shape mismatch (%s).",
-        path,
-        len(report["loaded"]),
-        len(model_state),
-        f"{loaded_params:,}",
-        f"{total_params:,}",
-        100.0 * loaded_params / max(total_params, 1),
-        len(report["missing"]),
-        _abbreviate(report["missing"]),
-        len(report["unused"]),
-        _abbreviate(report["unused"]),
-        len(skipped_shape),
-        _abbreviate(skipped_shape),
-    )
-    return report
-
-
-def _abbreviate(keys: list[str], limit: int = 4) -> str:
-    """First few keys for a log line."""
-    if not keys:
-        return "none"
-    return ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
+    """Initialise ``network`` from a VMamba v0 ImageNet checkpoint (``vmamba_tiny_e292.pth`` key layout): encoder and
+    mirrored decoder stages, as the paper's code does (see :mod:`scripts.networks.pretrained`). Returns the report."""
+    return load_mirrored_encoder_weights(network, checkpoint_path, "VMamba v0")

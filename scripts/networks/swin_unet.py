@@ -20,16 +20,15 @@ Layout: tensors between blocks are channels-last ``(B, H, W, C)``; the network's
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from monai.networks.blocks import PatchEmbed
 from monai.networks.nets.swin_unetr import PatchMergingV2, SwinTransformerBlock, compute_mask
 
-from scripts.networks.mamba_unet import PatchExpand, _abbreviate, _init_linear_and_norm, _read_state_dict
+from scripts.networks.mamba_unet import PatchExpand, _init_linear_and_norm, u_shaped_forward
+from scripts.networks.pretrained import load_mirrored_encoder_weights
 
 logger = logging.getLogger(__name__)
 
@@ -220,25 +219,7 @@ class SwinUNet(nn.Module):
                 f"(its shifted-window attention masks depend on the size), got shape {tuple(x.shape)}; resize the "
                 f"images to {self.img_size}x{self.img_size} (patch_size in the bundle configs)"
             )
-        if self.rgb_stem and self.in_channels == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = self.patch_embed(x).permute(0, 2, 3, 1)  # (B, S/4, S/4, C)
-
-        # Skips are each encoder stage's INPUT; the finest one is the raw patch embedding, the last is unused.
-        skips = []
-        for layer in self.layers:
-            skips.append(x)
-            x = layer(x)
-        x = self.norm(x)
-
-        num_stages = len(self.layers)
-        x = self.layers_up[0](x)
-        for k in range(1, num_stages):
-            x = self.concat_back_dim[k](torch.cat([x, skips[num_stages - 1 - k]], dim=-1))  # decoder first
-            x = self.layers_up[k](x)
-        x = self.norm_up(x)
-        x = self.up(x).permute(0, 3, 1, 2)  # (B, C, S, S)
-        return self.output(x)
+        return u_shaped_forward(self, x)
 
 
 def load_swin_t_weights(network: SwinUNet, checkpoint_path: str) -> dict[str, list[str]]:
@@ -256,61 +237,4 @@ def load_swin_t_weights(network: SwinUNet, checkpoint_path: str) -> dict[str, li
         {"loaded": model keys loaded, "missing": model keys left at their init, "skipped_shape": model keys whose
         candidate had another shape, "unused": checkpoint keys that loaded nowhere}.
     """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Swin-T checkpoint not found: {path}")
-    state = _read_state_dict(path)
-
-    num_stages = len(network.layers)
-    candidates: dict[str, tuple[str, torch.Tensor]] = {key: (key, value) for key, value in state.items()}
-    for key, value in state.items():
-        match = re.fullmatch(r"layers\.(\d+)\.(.+)", key)
-        if match and int(match[1]) < num_stages:
-            candidates.setdefault(f"layers_up.{num_stages - 1 - int(match[1])}.{match[2]}", (key, value))
-
-    model_state = network.state_dict()
-    stem_key = "patch_embed.proj.weight"
-    if stem_key in candidates and stem_key in model_state:
-        source, kernel = candidates[stem_key]
-        if model_state[stem_key].shape[1] == 1 and kernel.ndim == 4 and kernel.shape[1] == 3:
-            candidates[stem_key] = (source, kernel.sum(dim=1, keepdim=True))
-
-    to_load: dict[str, torch.Tensor] = {}
-    skipped_shape: list[str] = []
-    used_sources: set[str] = set()
-    for target, (source, value) in candidates.items():
-        if target not in model_state:
-            continue
-        if value.shape != model_state[target].shape:
-            skipped_shape.append(target)
-            continue
-        to_load[target] = value
-        used_sources.add(source)
-    network.load_state_dict(to_load, strict=False)
-
-    report = {
-        "loaded": [key for key in model_state if key in to_load],
-        "missing": [key for key in model_state if key not in to_load],
-        "skipped_shape": skipped_shape,
-        "unused": [key for key in state if key not in used_sources],
-    }
-    parameters = dict(network.named_parameters())  # the state dict also holds the relative position indices
-    loaded_params = sum(parameters[key].numel() for key in report["loaded"] if key in parameters)
-    total_params = sum(value.numel() for value in parameters.values())
-    logger.info(
-        "Loaded Swin-T weights from %s: %d of %d tensors, %s of %s parameters (%.1f%%). %d model tensors keep "
-        "their random init (%s); %d checkpoint tensors unused (%s); %d skipped for a shape mismatch (%s).",
-        path,
-        len(report["loaded"]),
-        len(model_state),
-        f"{loaded_params:,}",
-        f"{total_params:,}",
-        100.0 * loaded_params / max(total_params, 1),
-        len(report["missing"]),
-        _abbreviate(report["missing"]),
-        len(report["unused"]),
-        _abbreviate(report["unused"]),
-        len(skipped_shape),
-        _abbreviate(skipped_shape),
-    )
-    return report
+    return load_mirrored_encoder_weights(network, checkpoint_path, "Swin-T")

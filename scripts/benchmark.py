@@ -187,7 +187,7 @@ def recording_scans(calls: list[tuple[Callable, tuple, dict]]) -> Iterator[None]
 
         return recorder
 
-    # mamba_kernel_scan: the CUDA kernel op; selective_scan: the pure-PyTorch scan (and older versions' only path).
+    # mamba_kernel_scan: the CUDA op in versions that kept it in mamba_unet.py; selective_scan: every backend now.
     names = [name for name in ("mamba_kernel_scan", "selective_scan") if hasattr(mamba_unet, name)]
     originals = {name: getattr(mamba_unet, name) for name in names}
     for name, function in originals.items():

@@ -5,9 +5,10 @@ Semantics (= ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` witho
 ``h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t`` (``h_{-1} = 0``); ``y_t = sum_n h_t[n] * C_t[n] + D * u_t``;
 the result has u's input dtype.
 
-Backends: ``"cuda"`` = mamba-ssm's ``selective_scan_fn`` (imported lazily at the first CUDA call, never at module import),
-``"torch"`` = ``_ChunkedSelectiveScan`` below (CPU and CUDA), ``"auto"`` = cuda when possible. With ``backend="auto"``
-the environment variable ``MAMBA_UNET_SCAN`` (auto|torch|cuda) overrides the choice.
+Backends: ``"cuda"`` = mamba-ssm's CUDA kernel (the extension behind its ``selective_scan_fn``, imported lazily at the
+first CUDA call, never at module import) wrapped as a torch custom op (see the CUDA section below), ``"torch"`` =
+``_ChunkedSelectiveScan`` below (CPU and CUDA), ``"auto"`` = cuda when possible. With ``backend="auto"`` the
+environment variable ``MAMBA_UNET_SCAN`` (auto|torch|cuda) overrides the choice.
 
 The torch backend is a chunked linear recurrence, not a loop over all L steps: the sequence is cut into chunks of T
 steps, the recurrence runs inside all chunks at once (a loop over T, vectorised over chunks), chunk-end states are
@@ -33,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,29 +51,29 @@ _BACKENDS = ("auto", "torch", "cuda")
 # sqrt(L)/2 with a floor of 16, which keeps the loop count near its minimum for very long L too.
 _MIN_CHUNK = 16
 
-_mamba_scan_fn: Callable[..., torch.Tensor] | None = None
+_mamba_kernel: Any = None  # mamba-ssm's CUDA extension module ``selective_scan_cuda`` once imported
 _mamba_import_error: str | None = None
 _mamba_import_tried = False
 _mamba_warning_logged = False
 
 
-def _load_mamba_scan_fn() -> Callable[..., torch.Tensor] | None:
-    """Import mamba-ssm's ``selective_scan_fn`` once; cache the function or the import error text."""
-    global _mamba_scan_fn, _mamba_import_error, _mamba_import_tried
+def _load_mamba_kernel() -> Any:
+    """Import mamba-ssm's CUDA extension ``selective_scan_cuda`` once; cache the module or the import error text."""
+    global _mamba_kernel, _mamba_import_error, _mamba_import_tried
     if not _mamba_import_tried:
         _mamba_import_tried = True
         try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        except Exception as err:  # a broken CUDA extension or Triton raises more than ImportError
+            import selective_scan_cuda  # the compiled extension that mamba-ssm's selective_scan_fn calls
+        except Exception as err:  # a broken CUDA extension raises more than ImportError
             _mamba_import_error = f"{type(err).__name__}: {err}"
         else:
-            _mamba_scan_fn = selective_scan_fn
-    return _mamba_scan_fn
+            _mamba_kernel = selective_scan_cuda
+    return _mamba_kernel
 
 
 def mamba_ssm_available() -> bool:
     """True when mamba-ssm's CUDA selective scan imports (the import is attempted once, then cached)."""
-    return _load_mamba_scan_fn() is not None
+    return _load_mamba_kernel() is not None
 
 
 def _requested_backend(backend: str) -> str:
@@ -103,7 +104,7 @@ def scan_backend_in_use(u: torch.Tensor, backend: str = "auto") -> str:
                 f"selective_scan: backend 'cuda' (mamba-ssm) needs CUDA tensors, got tensors on {u.device}; "
                 f"use backend='torch' or {SCAN_ENV_VAR}=torch"
             )
-        if _load_mamba_scan_fn() is None:
+        if _load_mamba_kernel() is None:
             raise RuntimeError(
                 f"selective_scan: backend 'cuda' needs mamba-ssm, whose import failed ({_mamba_import_error}); "
                 f"install mamba-ssm (requirements-gpu.txt) or use backend='torch' / {SCAN_ENV_VAR}=torch"
@@ -111,7 +112,7 @@ def scan_backend_in_use(u: torch.Tensor, backend: str = "auto") -> str:
         return "cuda"
     if not u.is_cuda:
         return "torch"
-    if _load_mamba_scan_fn() is None:
+    if _load_mamba_kernel() is None:
         if not _mamba_warning_logged:
             _mamba_warning_logged = True
             logger.warning(
@@ -185,7 +186,7 @@ def selective_scan(
         (batch, dim, L) in u's dtype; the scan itself runs in fp32 (fp64 for fp64 inputs).
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias)
-    if scan_backend_in_use(u, backend) == "cuda":
+    if _resolve_backend(u, backend) == "cuda":
         return _mamba_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
     compute_dtype = (
         torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
@@ -206,6 +207,98 @@ def selective_scan(
     return out.to(u.dtype)
 
 
+# Backend resolved per (requested backend, device type), for torch.compile: dynamo cannot trace the environment and
+# import checks of scan_backend_in_use, so under compilation the value resolved in eager mode (or now) is reused.
+_RESOLVED_BACKENDS: dict[tuple[str, str], str] = {}
+
+
+def _resolve_backend(u: torch.Tensor, requested: str) -> str:
+    key = (requested, u.device.type)
+    if torch.compiler.is_compiling() and key in _RESOLVED_BACKENDS:
+        return _RESOLVED_BACKENDS[key]
+    resolved = scan_backend_in_use(u, requested)
+    _RESOLVED_BACKENDS[key] = resolved
+    return resolved
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CUDA backend: mamba-ssm's selective-scan kernel as a PyTorch custom op.
+# Why not call mamba-ssm's selective_scan_fn: (1) it is an opaque pybind call inside an autograd.Function, which
+# torch.compile cannot trace (a graph break per call); as a custom op with a fake (shape-only) implementation a whole
+# network compiles into one graph around it; (2) it lets bf16/fp16 u, delta, B, C through (the kernel computes in fp32
+# internally and takes low-precision inputs with fp32 A, D, delta_bias), where casting to fp32 copies costs memory
+# traffic. Forward returns (out, states): states = the kernel's per-chunk scan states (batch, dim, ceil(L/2048), 2N)
+# fp32, which its backward needs.
+# ----------------------------------------------------------------------------------------------------------------
+_KERNEL_CHUNK = 2048
+
+
+@torch.library.custom_op("mamba_unet::selective_scan_fwd", mutates_args=())
+def _kernel_fwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    a_mat: torch.Tensor,
+    b_mat: torch.Tensor,
+    c_mat: torch.Tensor,
+    d_skip: torch.Tensor,
+    delta_bias: torch.Tensor,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, states, *_ = _load_mamba_kernel().fwd(u, delta, a_mat, b_mat, c_mat, d_skip, None, delta_bias, delta_softplus)
+    return out, states
+
+
+@_kernel_fwd.register_fake
+def _(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, delta_softplus):
+    batch, dim, length = u.shape
+    n_chunks = -(-length // _KERNEL_CHUNK)
+    return torch.empty_like(u), u.new_empty((batch, dim, n_chunks, 2 * a_mat.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("mamba_unet::selective_scan_bwd", mutates_args=())
+def _kernel_bwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    a_mat: torch.Tensor,
+    b_mat: torch.Tensor,
+    c_mat: torch.Tensor,
+    d_skip: torch.Tensor,
+    delta_bias: torch.Tensor,
+    grad_out: torch.Tensor,
+    states: torch.Tensor,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _load_mamba_kernel().bwd(
+        u, delta, a_mat, b_mat, c_mat, d_skip, None, delta_bias, grad_out, states, None, None, delta_softplus, False
+    )
+    du, ddelta, d_a, d_b, d_c, d_d, ddelta_bias = grads[:7]
+    # The kernel accumulates dB/dC in fp32; hand them back in the inputs' dtype as autograd expects.
+    return du, ddelta, d_a, d_b.to(b_mat.dtype), d_c.to(c_mat.dtype), d_d, ddelta_bias
+
+
+@_kernel_bwd.register_fake
+def _(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, grad_out, states, delta_softplus):
+    return tuple(torch.empty_like(t) for t in (u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias))
+
+
+def _kernel_setup_context(ctx, inputs, output) -> None:
+    ctx.delta_softplus = inputs[-1]
+    ctx.save_for_backward(*inputs[:-1], output[1])
+
+
+def _kernel_backward(ctx, grad_out: torch.Tensor, _grad_states: torch.Tensor | None):
+    *inputs, states = ctx.saved_tensors
+    grads = _kernel_bwd(*inputs, grad_out.contiguous(), states, ctx.delta_softplus)
+    return (*grads, None)
+
+
+_kernel_fwd.register_autograd(_kernel_backward, setup_context=_kernel_setup_context)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _mamba_selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -216,24 +309,23 @@ def _mamba_selective_scan(
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
 ) -> torch.Tensor:
-    """mamba-ssm's kernel on fp32 contiguous tensors, as Mamba-UNet's SS2D feeds it; output cast back to u's dtype."""
-    scan_fn = _load_mamba_scan_fn()
-    assert scan_fn is not None  # scan_backend_in_use checked it
-
-    def fp32(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.float().contiguous()
-
-    out = scan_fn(
-        fp32(u),
-        fp32(delta),
-        fp32(A),
-        fp32(B),
-        fp32(C),
-        fp32(D),
-        z=None,
-        delta_bias=fp32(delta_bias),
-        delta_softplus=delta_softplus,
-        return_last_state=False,
+    """mamba-ssm's kernel: u, delta, B, C go in as bf16/fp16 when u is (else fp32); A, D, delta_bias in fp32."""
+    io_dtype = u.dtype if u.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+    dim = u.shape[1]
+    # A missing D / delta_bias is a zero one: same result, one code path (their unused gradients cost nothing).
+    d_skip = u.new_zeros(dim, dtype=torch.float32) if D is None else D.float().contiguous()
+    bias = u.new_zeros(dim, dtype=torch.float32) if delta_bias is None else delta_bias.float().contiguous()
+    B4 = B if B.dim() == 4 else B.unsqueeze(1)
+    C4 = C if C.dim() == 4 else C.unsqueeze(1)
+    out, _ = _kernel_fwd(
+        _last_dim_contiguous(u.to(io_dtype)),
+        _last_dim_contiguous(delta.to(io_dtype)),
+        A.float().contiguous(),
+        _last_dim_contiguous(B4.to(io_dtype)),
+        _last_dim_contiguous(C4.to(io_dtype)),
+        d_skip,
+        bias,
+        delta_softplus,
     )
     return out.to(u.dtype)
 

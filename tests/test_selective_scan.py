@@ -197,7 +197,7 @@ def test_env_override(monkeypatch):
 def test_env_override_forces_torch_on_cuda_path(monkeypatch):
     """With MAMBA_UNET_SCAN=torch the CUDA kernel is never imported, even for tensors that claim to be on CUDA."""
     monkeypatch.setenv("MAMBA_UNET_SCAN", "torch")
-    monkeypatch.setattr(scan_module, "_load_mamba_scan_fn", lambda: pytest.fail("mamba-ssm must not be imported"))
+    monkeypatch.setattr(scan_module, "_load_mamba_kernel", lambda: pytest.fail("mamba-ssm must not be imported"))
     fake_cuda = torch.zeros(1, 4, 3)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert scan_backend_in_use(fake_cuda, "auto") == "torch"
@@ -206,7 +206,7 @@ def test_env_override_forces_torch_on_cuda_path(monkeypatch):
 def test_auto_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.delenv("MAMBA_UNET_SCAN", raising=False)
     monkeypatch.setattr(scan_module, "_mamba_import_tried", True)
-    monkeypatch.setattr(scan_module, "_mamba_scan_fn", None)
+    monkeypatch.setattr(scan_module, "_mamba_kernel", None)
     monkeypatch.setattr(scan_module, "_mamba_import_error", "ImportError: No module named 'mamba_ssm'")
     monkeypatch.setattr(scan_module, "_mamba_warning_logged", False)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
@@ -220,7 +220,7 @@ def test_auto_falls_back_with_one_warning(monkeypatch, caplog):
 
 def test_cpu_auto_uses_torch_without_importing_mamba(monkeypatch):
     monkeypatch.delenv("MAMBA_UNET_SCAN", raising=False)
-    monkeypatch.setattr(scan_module, "_load_mamba_scan_fn", lambda: pytest.fail("mamba-ssm must not be imported"))
+    monkeypatch.setattr(scan_module, "_load_mamba_kernel", lambda: pytest.fail("mamba-ssm must not be imported"))
     inputs = make_inputs(29, length=9)
     assert scan_backend_in_use(inputs["u"], "auto") == "torch"
     assert rel_err(selective_scan(**inputs), loop_reference(**inputs)) < 1e-5

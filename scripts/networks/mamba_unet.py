@@ -24,7 +24,7 @@ from monai.networks.layers import DropPath
 from monai.networks.nets.swin_unetr import PatchMergingV2
 
 from scripts.networks.pretrained import load_mirrored_encoder_weights
-from scripts.selective_scan import scan_backend_in_use, selective_scan
+from scripts.selective_scan import selective_scan
 
 logger = logging.getLogger(__name__)
 
@@ -133,128 +133,6 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return _CrossMerge.apply(y, orders, inverses)
 
 
-# mamba-ssm's selective-scan kernel as a PyTorch custom op. Why not call mamba-ssm's selective_scan_fn: (1) it is an
-# opaque pybind call inside an autograd.Function, which torch.compile cannot trace (graph break per SS2D); as a custom
-# op with a fake (shape-only) implementation the whole network compiles into one graph around it; (2) it lets bf16
-# u/delta/B/C through (the kernel computes in fp32 internally and accepts bf16 inputs with fp32 A, D, delta_bias),
-# where scripts.selective_scan casts every input to an fp32 copy. The extension is imported on first use only.
-# Forward returns (out, states): states = the kernel's per-chunk scan states (batch, dim, ceil(L/2048), 2N) fp32,
-# which its backward needs.
-_KERNEL_CHUNK = 2048
-
-
-def _scan_kernel():
-    import selective_scan_cuda  # noqa: F401  (mamba-ssm's CUDA extension; imported lazily on purpose)
-
-    return selective_scan_cuda
-
-
-@torch.library.custom_op("mamba_unet::selective_scan_fwd", mutates_args=())
-def _scan_fwd(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    a_mat: torch.Tensor,
-    b_mat: torch.Tensor,
-    c_mat: torch.Tensor,
-    d_skip: torch.Tensor,
-    delta_bias: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    out, states, *_ = _scan_kernel().fwd(u, delta, a_mat, b_mat, c_mat, d_skip, None, delta_bias, True)
-    return out, states
-
-
-@_scan_fwd.register_fake
-def _(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias):
-    batch, dim, length = u.shape
-    n_chunks = -(-length // _KERNEL_CHUNK)
-    return torch.empty_like(u), u.new_empty((batch, dim, n_chunks, 2 * a_mat.shape[1]), dtype=torch.float32)
-
-
-@torch.library.custom_op("mamba_unet::selective_scan_bwd", mutates_args=())
-def _scan_bwd(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    a_mat: torch.Tensor,
-    b_mat: torch.Tensor,
-    c_mat: torch.Tensor,
-    d_skip: torch.Tensor,
-    delta_bias: torch.Tensor,
-    grad_out: torch.Tensor,
-    states: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = _scan_kernel().bwd(
-        u, delta, a_mat, b_mat, c_mat, d_skip, None, delta_bias, grad_out, states, None, None, True, False
-    )
-    du, ddelta, d_a, d_b, d_c, d_d, ddelta_bias = grads[:7]
-    return du, ddelta, d_a, d_b.to(b_mat.dtype), d_c.to(c_mat.dtype), d_d, ddelta_bias
-
-
-@_scan_bwd.register_fake
-def _(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, grad_out, states):
-    return tuple(torch.empty_like(t) for t in (u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias))
-
-
-def _scan_setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs, output[1])
-
-
-def _scan_backward(ctx, grad_out: torch.Tensor, _grad_states: torch.Tensor | None):
-    u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, states = ctx.saved_tensors
-    return _scan_bwd(u, delta, a_mat, b_mat, c_mat, d_skip, delta_bias, grad_out.contiguous(), states)
-
-
-_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup_context)
-
-
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def mamba_kernel_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    a_mat: torch.Tensor,
-    b_mat: torch.Tensor,
-    c_mat: torch.Tensor,
-    d_skip: torch.Tensor,
-    delta_bias: torch.Tensor,
-) -> torch.Tensor:
-    """mamba-ssm's CUDA selective scan with delta_softplus, as a differentiable, torch.compile-traceable op.
-
-    Args:
-        u, delta: (batch, dim, L), both float32 or both bfloat16/float16 (the kernel computes in float32).
-        a_mat: (dim, N) float32. b_mat, c_mat: (batch, G, N, L) in u's dtype. d_skip, delta_bias: (dim,) float32.
-
-    Returns:
-        (batch, dim, L) in u's dtype.
-    """
-    low = u.dtype
-    b_mat, c_mat = b_mat.to(low), c_mat.to(low)
-    return _scan_fwd(
-        _last_dim_contiguous(u),
-        _last_dim_contiguous(delta.to(low)),
-        a_mat.float().contiguous(),
-        _last_dim_contiguous(b_mat),
-        _last_dim_contiguous(c_mat),
-        d_skip.float().contiguous(),
-        delta_bias.float().contiguous(),
-    )[0]
-
-
-# Resolved scan backend per (requested backend, device type), for torch.compile: dynamo cannot trace the environment
-# and import checks of scan_backend_in_use, so under compilation the value resolved in eager mode (or now) is reused.
-_RESOLVED_BACKENDS: dict[tuple[str, str], str] = {}
-
-
-def _resolve_scan_backend(u: torch.Tensor, requested: str) -> str:
-    key = (requested, u.device.type)
-    if torch.compiler.is_compiling() and key in _RESOLVED_BACKENDS:
-        return _RESOLVED_BACKENDS[key]
-    backend = scan_backend_in_use(u, requested)
-    _RESOLVED_BACKENDS[key] = backend
-    return backend
-
-
 class SS2D(nn.Module):
     """2D selective-scan mixer of VMamba v0 (channels-last in and out).
 
@@ -321,24 +199,20 @@ class SS2D(nn.Module):
         dts, b_mats, c_mats = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight.unsqueeze(0), dts)  # (B, K, d_inner, L)
         u, delta = xs.view(batch, -1, length), dts.reshape(batch, -1, length)
-        if _resolve_scan_backend(u, self.scan_backend) == "cuda":
-            # B/C stay grouped per direction (B, K, N, L); the kernel takes bf16 inputs as they come under autocast.
-            y = mamba_kernel_scan(
-                u, delta, -torch.exp(self.A_logs.float()), b_mats, c_mats, self.Ds, self.dt_projs_bias.reshape(-1)
-            )
-        else:
-            scan_dtype = torch.promote_types(x.dtype, torch.float32)
-            y = selective_scan(
-                u.to(scan_dtype),
-                delta.to(scan_dtype),
-                -torch.exp(self.A_logs.to(scan_dtype)),
-                b_mats.to(scan_dtype),
-                c_mats.to(scan_dtype),
-                D=self.Ds.to(scan_dtype),
-                delta_bias=self.dt_projs_bias.to(scan_dtype).reshape(-1),
-                delta_softplus=True,
-                backend="torch",
-            )
+        # B/C stay grouped per direction (B, K, N, L); on the CUDA kernel bf16 inputs (autocast) pass through as they
+        # are, the torch scan computes in fp32 (fp64 for a float64 network). Both return u's dtype.
+        a_dtype = torch.promote_types(self.A_logs.dtype, torch.float32)
+        y = selective_scan(
+            u,
+            delta,
+            -torch.exp(self.A_logs.to(a_dtype)),
+            b_mats,
+            c_mats,
+            D=self.Ds,
+            delta_bias=self.dt_projs_bias.reshape(-1),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
         y = cross_merge(y.view(batch, NUM_DIRECTIONS, self.d_inner, length), height, width)  # (B, d_inner, L)
         y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
         # Like the reference, normalise the float32 sum (under autocast the norm weights stay float32 too).

@@ -19,6 +19,8 @@ from scripts.data import (
     DEFAULT_SPLIT_FILE,
     InputDataError,
     LoadACDCd,
+    PrepareAugmentedBatch,
+    RandRotFlipOrRotate,
     ValidateImaged,
     acdc_nifti_datalist,
     check_image,
@@ -504,3 +506,77 @@ def test_inference_datalist_skips_labels_and_cine(tmp_path):
         inference_datalist(tmp_path / "empty")
     with pytest.raises(InputDataError, match="not found"):
         inference_datalist(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------- augmentation --
+
+
+def _dihedral_variants(t: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rot90/flip variants of a (C, H, W) tensor (the reference: rot90 by k, then a flip)."""
+    turns = [torch.rot90(t, k, (1, 2)) for k in range(4)]
+    return turns + [r.flip(1) for r in turns]
+
+
+def test_augmentation_draws_the_reference_mix_and_keeps_image_and_label_together():
+    torch.manual_seed(3)
+    batch, size = 400, 12
+    # Asymmetric content (an increasing ramp) so every dihedral variant is distinct; label = a function of the image.
+    image = torch.arange(size * size, dtype=torch.float32).reshape(1, 1, size, size).repeat(batch, 1, 1, 1) + 1
+    label = (image % 4).to(torch.float32)
+    out_image, out_label = RandRotFlipOrRotate()(image, label)
+    assert out_image.shape == image.shape and out_label.shape == label.shape and out_label.dtype == label.dtype
+    kinds = {"unchanged": 0, "rot_flip": 0, "rotated": 0}
+    variants = _dihedral_variants(image[0])
+    for i in range(batch):
+        if torch.equal(out_image[i], image[i]):
+            kinds["unchanged"] += 1
+        elif any(torch.equal(out_image[i], v) for v in variants):
+            kinds["rot_flip"] += 1
+        else:
+            kinds["rotated"] += 1
+        # nearest neighbour on both: label values stay labels and follow the image pixel for pixel
+        inside = out_image[i] > 0  # zero padding appears only where a rotation leaves the field of view
+        assert torch.equal(out_label[i][inside], out_image[i][inside] % 4)
+        assert set(out_label[i].unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+    # reference probabilities 0.5 / 0.25 / 0.25 (small rotations round back to the identity only for tiny angles)
+    assert abs(kinds["rot_flip"] / batch - 0.5) < 0.08, kinds
+    assert abs(kinds["rotated"] / batch - 0.25) < 0.08 and abs(kinds["unchanged"] / batch - 0.25) < 0.08, kinds
+
+
+def test_augmentation_rotations_stay_within_max_degrees_and_all_4_reflections_occur():
+    torch.manual_seed(4)
+    matrices = RandRotFlipOrRotate(max_degrees=20.0, p_rot_flip=0.5, p_rotate=0.5).random_matrices(2000)
+    det = torch.linalg.det(matrices)
+    exact = (matrices == matrices.round()).all(dim=(1, 2))  # the dihedral draws are exact 0/+-1 matrices
+    assert (exact == (det < 0)).float().mean() > 0.99  # every rot_flip draw is a reflection (a flip is always applied)
+    assert len({tuple(m.flatten().tolist()) for m in matrices[det < 0]}) == 4  # rot90^k then flip: 4 reflections
+    angles = torch.rad2deg(torch.atan2(matrices[:, 1, 0], matrices[:, 0, 0]))[det > 0]
+    assert angles.abs().max() <= 20.0 and angles.abs().max() > 19.0 and (angles > 0).any() and (angles < 0).any()
+
+
+def test_augmentation_is_repeatable_under_a_seed_and_rejects_bad_shapes():
+    image, label = torch.rand(6, 1, 10, 10), torch.randint(0, 4, (6, 1, 10, 10)).float()
+    torch.manual_seed(11)
+    first = RandRotFlipOrRotate()(image, label)
+    torch.manual_seed(11)
+    second = RandRotFlipOrRotate()(image, label)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(ValueError, match="square"):
+        RandRotFlipOrRotate()(torch.rand(2, 1, 8, 10), torch.zeros(2, 1, 8, 10))
+    with pytest.raises(ValueError, match="image .B, C, H, W."):
+        RandRotFlipOrRotate()(torch.rand(2, 8, 8), torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match="p_rotate"):
+        RandRotFlipOrRotate(p_rot_flip=0.8, p_rotate=0.5)
+
+
+def test_prepare_augmented_batch_is_a_trainer_prepare_batch():
+    torch.manual_seed(0)
+    batch = {"image": torch.rand(4, 1, 8, 8), "label": torch.randint(0, 4, (4, 1, 8, 8)).float(), "case": ["a"] * 4}
+    calls = []
+
+    def recording(image, label):
+        calls.append((image, label))
+        return image + 1, label
+
+    image, label = PrepareAugmentedBatch(recording)(batch, torch.device("cpu"), False)
+    assert len(calls) == 1 and torch.equal(image, batch["image"] + 1) and torch.equal(label, batch["label"])

@@ -41,6 +41,8 @@ NETWORKS = {
     "mamba_unet": ("scripts.networks.mamba_unet", "MambaUNet"),
     "unet": ("scripts.networks.unet", "UNet"),
     "swin_unet": ("scripts.networks.swin_unet", "SwinUNet"),
+    "umamba_bot": ("scripts.networks.umamba", "UMambaBot"),
+    "umamba_enc": ("scripts.networks.umamba", "UMambaEnc"),
 }
 COLUMNS = [
     "network",
@@ -119,11 +121,14 @@ def network_class(name: str) -> type[torch.nn.Module]:
 
 
 def build_network(name: str, size: int) -> torch.nn.Module:
-    """The network for 1-channel inputs of size x size (fixed-size networks get ``img_size``)."""
+    """The network for 1-channel inputs of size x size (fixed-size networks get ``img_size`` / ``input_size``)."""
     cls = network_class(name)
     kwargs = {"in_channels": 1, "out_channels": NUM_CLASSES}
-    if "img_size" in inspect.signature(cls).parameters:
+    parameters = inspect.signature(cls).parameters
+    if "img_size" in parameters:
         kwargs["img_size"] = size
+    if "input_size" in parameters:
+        kwargs["input_size"] = (size, size)
     return cls(**kwargs)
 
 

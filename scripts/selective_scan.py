@@ -6,9 +6,11 @@ Semantics (= ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` witho
 the result has u's input dtype.
 
 Backends: ``"cuda"`` = mamba-ssm's CUDA kernel (the extension behind its ``selective_scan_fn``, imported lazily at the
-first CUDA call, never at module import) wrapped as a torch custom op (see the CUDA section below), ``"torch"`` =
-``_ChunkedSelectiveScan`` below (CPU and CUDA), ``"auto"`` = cuda when possible. With ``backend="auto"`` the
-environment variable ``MAMBA_UNET_SCAN`` (auto|torch|cuda) overrides the choice.
+first CUDA call, never at module import) wrapped as a torch custom op (see the CUDA section below), ``"triton"`` = the
+bundle's own Triton kernel (:mod:`scripts.triton_scan`, CUDA only, ``delta_softplus=True`` only), ``"torch"`` =
+``_ChunkedSelectiveScan`` below (CPU and CUDA), ``"auto"`` = cuda when possible (mamba-ssm stays the reference and the
+default). With ``backend="auto"`` the environment variable ``MAMBA_UNET_SCAN`` (auto|torch|cuda|triton) overrides the
+choice.
 
 The torch backend is a chunked linear recurrence, not a loop over all L steps: the sequence is cut into chunks of T
 steps, the recurrence runs inside all chunks at once (a loop over T, vectorised over chunks), chunk-end states are
@@ -39,12 +41,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["selective_scan", "scan_backend_in_use", "mamba_ssm_available"]
+__all__ = ["selective_scan", "scan_backend_in_use", "mamba_ssm_available", "check_scan_inputs", "last_dim_contiguous"]
 
 logger = logging.getLogger(__name__)
 
 SCAN_ENV_VAR = "MAMBA_UNET_SCAN"
-_BACKENDS = ("auto", "torch", "cuda")
+_BACKENDS = ("auto", "torch", "cuda", "triton")
 
 # Chunk length T of the torch scan: the Python loops run ~3T + L/T small-tensor steps, each step of the T loops works
 # on L/T positions at once. On CPU T = 16..28 was fastest for L = 256..3136 (larger T: smaller, slower steps), so use
@@ -90,14 +92,23 @@ def _requested_backend(backend: str) -> str:
 
 
 def scan_backend_in_use(u: torch.Tensor, backend: str = "auto") -> str:
-    """Return ``"cuda"`` or ``"torch"``: the backend ``selective_scan(u, ..., backend=backend)`` runs.
+    """Return ``"cuda"``, ``"triton"`` or ``"torch"``: the backend ``selective_scan(u, ..., backend=backend)`` runs.
 
-    Raises RuntimeError when ``"cuda"`` is forced (argument or ``MAMBA_UNET_SCAN``) but cannot run.
+    Raises RuntimeError when ``"cuda"`` or ``"triton"`` is forced (argument or ``MAMBA_UNET_SCAN``) but cannot run.
     """
     global _mamba_warning_logged
     requested = _requested_backend(backend)
     if requested == "torch":
         return "torch"
+    if requested == "triton":
+        from scripts.triton_scan import triton_available
+
+        if not u.is_cuda or not triton_available():
+            raise RuntimeError(
+                f"selective_scan: backend 'triton' needs CUDA tensors and Triton, got tensors on {u.device} "
+                f"(Triton {'installed' if triton_available() else 'not installed'}); use backend='cuda' or 'torch'"
+            )
+        return "triton"
     if requested == "cuda":
         if not u.is_cuda:
             raise RuntimeError(
@@ -123,7 +134,7 @@ def scan_backend_in_use(u: torch.Tensor, backend: str = "auto") -> str:
     return "cuda"
 
 
-def _check_inputs(
+def check_scan_inputs(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -132,6 +143,8 @@ def _check_inputs(
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
 ) -> None:
+    """Raise ValueError naming the offending argument unless the inputs fit :func:`selective_scan`'s signature (shared
+    by every backend: the kernels would read out of bounds otherwise)."""
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
@@ -158,6 +171,9 @@ def _check_inputs(
     for name, vec in (("D", D), ("delta_bias", delta_bias)):
         if vec is not None and vec.shape != (dim,):
             raise ValueError(f"selective_scan: {name} must be (dim={dim},), got shape {tuple(vec.shape)}")
+    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias) if t is not None}
+    if len(devices) != 1:
+        raise ValueError(f"selective_scan: all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
 def selective_scan(
@@ -180,14 +196,22 @@ def selective_scan(
         D: (dim,) skip weight or None.
         delta_bias: (dim,) added to delta before the softplus, or None.
         delta_softplus: apply softplus to delta (+ bias).
-        backend: "auto" | "torch" | "cuda" (see the module docstring; ``MAMBA_UNET_SCAN`` overrides "auto").
+        backend: "auto" | "torch" | "cuda" | "triton" (see the module docstring; ``MAMBA_UNET_SCAN`` overrides
+            "auto").
 
     Returns:
-        (batch, dim, L) in u's dtype; the scan itself runs in fp32 (fp64 for fp64 inputs).
+        (batch, dim, L) in u's dtype; the scan itself runs in fp32 (fp64 for fp64 inputs on the torch backend).
     """
-    _check_inputs(u, delta, A, B, C, D, delta_bias)
-    if _resolve_backend(u, backend) == "cuda":
+    check_scan_inputs(u, delta, A, B, C, D, delta_bias)
+    resolved = _resolve_backend(u, backend)
+    if resolved == "cuda":
         return _mamba_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if resolved == "triton":
+        if not delta_softplus:
+            raise ValueError("selective_scan: backend 'triton' computes delta_softplus=True only")
+        from scripts.triton_scan import triton_selective_scan
+
+        return triton_selective_scan(u, delta, A, B, C, D, delta_bias)
     compute_dtype = (
         torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
     )
@@ -295,7 +319,7 @@ def _kernel_backward(ctx, grad_out: torch.Tensor, _grad_states: torch.Tensor | N
 _kernel_fwd.register_autograd(_kernel_backward, setup_context=_kernel_setup_context)
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
@@ -318,11 +342,11 @@ def _mamba_selective_scan(
     B4 = B if B.dim() == 4 else B.unsqueeze(1)
     C4 = C if C.dim() == 4 else C.unsqueeze(1)
     out, _ = _kernel_fwd(
-        _last_dim_contiguous(u.to(io_dtype)),
-        _last_dim_contiguous(delta.to(io_dtype)),
+        last_dim_contiguous(u.to(io_dtype)),
+        last_dim_contiguous(delta.to(io_dtype)),
         A.float().contiguous(),
-        _last_dim_contiguous(B4.to(io_dtype)),
-        _last_dim_contiguous(C4.to(io_dtype)),
+        last_dim_contiguous(B4.to(io_dtype)),
+        last_dim_contiguous(C4.to(io_dtype)),
         d_skip,
         bias,
         delta_softplus,

@@ -9,12 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 ACDC_DIR = BUNDLE_ROOT.parent / "shared" / "data" / "ACDC"
 
 if str(BUNDLE_ROOT) not in sys.path:
     sys.path.insert(0, str(BUNDLE_ROOT))
+
+# Without a GPU, the Triton scan's kernels run in Triton's CPU interpreter (tests/test_triton_scan.py); the variable
+# must be set before scripts/triton_scan.py is imported, where @triton.jit reads it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def bundle_cli(

@@ -376,12 +376,17 @@ def test_loader_errors(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_scan_matches_torch_scan_inside_the_network():
-    """mamba-ssm's kernel and our pure-PyTorch scan give the same network outputs and gradients (rel. error < 1e-4)."""
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_scan_matches_torch_scan_inside_the_network(backend):
+    """mamba-ssm's kernel (and our Triton kernel) and our pure-PyTorch scan give the same network outputs and
+    gradients (rel. error < 1e-4)."""
     from scripts.selective_scan import mamba_ssm_available
+    from scripts.triton_scan import triton_available
 
-    if not mamba_ssm_available():
+    if backend == "cuda" and not mamba_ssm_available():
         pytest.skip("mamba-ssm is not installed")
+    if backend == "triton" and not triton_available():
+        pytest.skip("Triton is not installed")
     torch.backends.cuda.matmul.allow_tf32 = False  # compare scans, not tf32 matmul rounding
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
@@ -389,20 +394,20 @@ def test_cuda_scan_matches_torch_scan_inside_the_network():
     x = torch.rand(2, 1, 224, 224, device="cuda")
     target = torch.randint(0, 4, (2, 224, 224), device="cuda")
     results = {}
-    for backend in ("cuda", "torch"):
+    for name in (backend, "torch"):
         for module in net.modules():
             if hasattr(module, "scan_backend"):
-                module.scan_backend = backend
+                module.scan_backend = name
         net.zero_grad()
         out = net(x)
         F.cross_entropy(out, target).backward()
-        results[backend] = (out.detach(), {n: p.grad.detach().clone() for n, p in net.named_parameters()})
+        results[name] = (out.detach(), {n: p.grad.detach().clone() for n, p in net.named_parameters()})
 
     def rel(a, b):
         return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
-    assert rel(results["cuda"][0], results["torch"][0]) < 1e-4
-    worst = max(((rel(g, results["torch"][1][n]), n) for n, g in results["cuda"][1].items()))
+    assert rel(results[backend][0], results["torch"][0]) < 1e-4
+    worst = max(((rel(g, results["torch"][1][n]), n) for n, g in results[backend][1].items()))
     assert worst[0] < 1e-4, f"largest gradient difference {worst[0]:.2e} in {worst[1]}"
 
 

@@ -169,15 +169,24 @@ def test_cuda_backend_on_cpu_raises_clear_error():
         selective_scan(**inputs, backend="cuda")
 
 
+def test_triton_backend_on_cpu_raises_clear_error():
+    inputs = make_inputs(21, length=8)
+    with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors and Triton"):
+        selective_scan(**inputs, backend="triton")
+
+
 def test_invalid_backend_and_shapes_raise():
     inputs = make_inputs(23, length=8)
     with pytest.raises(ValueError, match="backend must be one of"):
-        selective_scan(**inputs, backend="triton")
+        selective_scan(**inputs, backend="bogus")
     bad = dict(inputs, A=inputs["A"][:, :3])
     with pytest.raises(ValueError, match="B must be"):
         selective_scan(**bad, backend="torch")
     bad = dict(inputs, B=inputs["B"][:, :3], C=inputs["C"][:, :3])
     with pytest.raises(ValueError, match="not divisible"):
+        selective_scan(**bad, backend="torch")
+    bad = dict(inputs, D=torch.zeros_like(inputs["D"], device="meta"))
+    with pytest.raises(ValueError, match="all tensors must be on one device"):
         selective_scan(**bad, backend="torch")
 
 

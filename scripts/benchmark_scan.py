@@ -1,0 +1,246 @@
+"""Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
+
+``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep] [--check]`` on a CUDA machine with
+Triton (and mamba-ssm for the reference rows). Prints, for the scan shapes of one step (SS2D stacks the 4 directions:
+dim = 4 * d_inner, G = 4 groups, N = 16; stage i has d_inner 192 * 2**i at L = (56 / 2**i)**2), the forward and
+forward+backward time of every backend, the achieved bandwidth (the fewest bytes each pass must move: inputs read once,
+outputs written once, over the time) and the speedup over mamba-ssm.
+
+Two step totals: "16 scans" = 4 per stage (the set the project's targets were stated for) and "network" = the scans
+MambaUNet really runs per step (encoder 2 blocks x 4 stages, decoder 2 blocks x 3 stages = 14). Each of the 4 calls of
+a stage gets its own input set, so repeated calls do not time the L2 cache. Timing: CUDA events around the whole
+sequence of calls, warm-up first, median of --steps.
+
+--check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
+--sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from scripts import triton_scan
+from scripts.benchmark import Timer, median_ms
+
+STAGES = ((192, 56), (384, 28), (768, 14), (1536, 7))  # (d_inner, H = W) of Mamba-UNet's 4 stages at 224x224
+TARGET_SCANS_PER_STAGE = (4, 4, 4, 4)
+NETWORK_SCANS_PER_STAGE = (4, 4, 4, 2)  # the bottleneck stage has no decoder twin
+DIRECTIONS, D_STATE = 4, 16
+GRAD_NAMES = ("y", "du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias")
+
+ScanFn = Callable[..., torch.Tensor]
+
+
+def make_inputs(batch: int, d_inner: int, side: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    """SS2D-like scan inputs on CUDA: u, delta (batch, 4*d_inner, L), A (4*d_inner, 16), B, C (batch, 4, 16, L),
+    D, delta_bias (4*d_inner,), at the magnitudes of a freshly initialised Mamba-UNet (S4D-real A, dt in 1e-3..0.1)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    dim, length = DIRECTIONS * d_inner, side * side
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device="cuda")
+
+    dt = torch.exp(torch.rand(dim, generator=gen, device="cuda") * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    return [
+        randn(batch, dim, length).to(dtype),
+        (0.5 * randn(batch, dim, length)).to(dtype),
+        -torch.arange(1, D_STATE + 1, device="cuda", dtype=torch.float32).expand(dim, D_STATE).contiguous(),
+        randn(batch, DIRECTIONS, D_STATE, length).to(dtype),
+        randn(batch, DIRECTIONS, D_STATE, length).to(dtype),
+        torch.ones(dim, device="cuda"),
+        dt + torch.log(-torch.expm1(-dt)),
+    ]
+
+
+def mamba_scan(u, delta, A, B, C, D, delta_bias) -> torch.Tensor:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    return selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=True)
+
+
+def pass_bytes(batch: int, d_inner: int, side: int, itemsize: int, backward: bool) -> int:
+    """Fewest bytes one scan pass moves: forward reads u, delta, B, C and writes y; backward reads u, delta, dy, B, C
+    and writes du, ddelta (itemsize) and dB, dC (fp32)."""
+    big = batch * DIRECTIONS * d_inner * side * side
+    small = batch * DIRECTIONS * D_STATE * side * side
+    if not backward:
+        return itemsize * (3 * big + 2 * small)
+    return itemsize * (5 * big + 2 * small) + 4 * 2 * small
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def check(batch: int, dtype: torch.dtype) -> list[str]:
+    """Relative errors of Triton vs mamba-ssm, output and all gradients, one row per stage."""
+    rows = []
+    for stage, (d_inner, side) in enumerate(STAGES):
+        inputs = make_inputs(batch, d_inner, side, dtype, seed=100 + stage)
+        dy = torch.randn(batch, DIRECTIONS * d_inner, side * side, device="cuda").to(dtype)
+        results = []
+        for fn in (mamba_scan, triton_scan.triton_selective_scan):
+            leaves = [t.detach().clone().requires_grad_() for t in inputs]
+            y = fn(*leaves)
+            results.append([y.detach(), *torch.autograd.grad(y, leaves, dy)])
+        errors = [rel_err(x, ref) for x, ref in zip(results[1], results[0])]
+        rows.append(
+            f"stage {stage} ({DIRECTIONS * d_inner}x{side * side}) "
+            + " ".join(f"{name} {err:.1e}" for name, err in zip(GRAD_NAMES, errors))
+        )
+    return rows
+
+
+def step_timer(
+    fn: ScanFn,
+    input_sets: Sequence[list[torch.Tensor]],
+    grads: Sequence[torch.Tensor | None],
+    timer: Timer,
+    steps: int,
+    warmup: int,
+) -> float:
+    """Median ms of running fn over all input sets (backward too where grads are given)."""
+    backward = grads[0] is not None
+    leaves = [[t.requires_grad_(backward) if t.is_floating_point() else t for t in s] for s in input_sets]
+
+    def run() -> None:
+        with torch.set_grad_enabled(backward):
+            for inputs, dy in zip(leaves, grads):
+                y = fn(*inputs)
+                if backward:
+                    y.backward(dy)
+                    for t in inputs:
+                        t.grad = None
+
+    return median_ms(run, timer, steps, warmup)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--check", action="store_true", help="print errors against mamba-ssm first")
+    parser.add_argument("--sweep", action="store_true", help="time tile configurations of the Triton kernels first")
+    parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available() or not triton_scan.triton_available():
+        raise SystemExit("scripts/benchmark_scan.py needs CUDA and Triton")
+    dtype = getattr(torch, args.dtype)
+    timer = Timer(torch.device("cuda"))
+    if args.check:
+        for row in check(4, torch.float32):
+            print("check fp32 batch 4:", row, flush=True)
+
+    # One input set (and output gradient) per scan call of the 16-scan step.
+    sets, grads, stage_of = [], [], []
+    for stage, ((d_inner, side), count) in enumerate(zip(STAGES, TARGET_SCANS_PER_STAGE)):
+        for k in range(count):
+            sets.append(make_inputs(args.batch, d_inner, side, dtype, seed=10 * stage + k))
+            grads.append(torch.randn(args.batch, DIRECTIONS * d_inner, side * side, device="cuda").to(dtype))
+            stage_of.append(stage)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+
+    def time_backend(fn: ScanFn, stage: int | None, backward: bool) -> float:
+        picked = [i for i, s in enumerate(stage_of) if stage is None or s == stage]
+        return step_timer(
+            fn,
+            [sets[i] for i in picked],
+            [grads[i] if backward else None for i in picked],
+            timer,
+            args.steps,
+            args.warmup,
+        )
+
+    if args.sweep:
+        sweep(time_backend)
+
+    backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
+    backends.append(("triton", triton_scan.triton_selective_scan))
+    header = f"{'backend':<10} {'scans':<12} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'f+b GB/s':>9} {'speedup f/fb':>13}"
+    lines = [header, "-" * len(header)]
+    baseline: dict[str, tuple[float, float]] = {}
+    for name, fn in backends:
+        per_stage = [(time_backend(fn, s, False), time_backend(fn, s, True)) for s in range(len(STAGES))]
+        for s, (fwd, fwd_bwd) in enumerate(per_stage):
+            d_inner, side = STAGES[s]
+            fwd_bytes = 4 * pass_bytes(args.batch, d_inner, side, itemsize, False)
+            all_bytes = fwd_bytes + 4 * pass_bytes(args.batch, d_inner, side, itemsize, True)
+            lines.append(_row(name, f"stage{s} x4", fwd, fwd_bytes, fwd_bwd, all_bytes, baseline.get(f"s{s}")))
+            baseline.setdefault(f"s{s}", (fwd, fwd_bwd))
+        for label, counts in (("16 scans", TARGET_SCANS_PER_STAGE), ("network 14", NETWORK_SCANS_PER_STAGE)):
+            # Network totals are the per-stage times scaled by the scan count (each stage was timed as 4 calls).
+            fwd = sum(per_stage[s][0] * counts[s] / 4 for s in range(len(STAGES)))
+            fwd_bwd = sum(per_stage[s][1] * counts[s] / 4 for s in range(len(STAGES)))
+            fwd_bytes = sum(counts[s] * pass_bytes(args.batch, *STAGES[s], itemsize, False) for s in range(4))
+            bwd_bytes = sum(counts[s] * pass_bytes(args.batch, *STAGES[s], itemsize, True) for s in range(4))
+            lines.append(_row(name, label, fwd, fwd_bytes, fwd_bwd, fwd_bytes + bwd_bytes, baseline.get(label)))
+            baseline.setdefault(label, (fwd, fwd_bwd))
+        whole = (time_backend(fn, None, False), time_backend(fn, None, True))
+        lines.append(_row(name, "16 in a row", whole[0], None, whole[1], None, baseline.get("row")))
+        baseline.setdefault("row", whole)
+    print(f"batch {args.batch}, {args.dtype} inputs, H100 timings: median of {args.steps} after {args.warmup} warm-up")
+    print("\n".join(lines))
+
+
+def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
+    def bw(n_bytes: int | None, ms: float) -> str:
+        return f"{n_bytes / ms / 1e6:9.0f}" if n_bytes else f"{'':9}"
+
+    speed = f"{base[0] / fwd:5.2f}x/{base[1] / fwd_bwd:5.2f}x" if base else ""
+    return (
+        f"{name:<10} {label:<12} {fwd:8.3f} {bw(fwd_bytes, fwd)} {fwd_bwd:11.3f} {bw(all_bytes, fwd_bwd)} {speed:>13}"
+    )
+
+
+def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
+    """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
+    BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward tiles (BLOCK_D, BLOCK_L, num_warps)."""
+    names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
+    names += ("BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
+    saved = {name: getattr(triton_scan, name) for name in names}
+    fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
+    fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
+    bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
+    fn = triton_scan.triton_selective_scan
+
+    def timed(label: str, backward: bool) -> None:
+        try:
+            print(f"sweep {label}: {time_backend(fn, None, backward):.3f} ms", flush=True)
+        except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
+            print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
+
+    for kind, block_d, block_l_or_unroll, warps in fwd_configs:
+        triton_scan.FWD_KIND = kind
+        if kind == "tile":
+            triton_scan.FWD_BLOCK_D, triton_scan.FWD_BLOCK_L, triton_scan.FWD_WARPS = block_d, block_l_or_unroll, warps
+        else:
+            triton_scan.FWD_SEQ_BLOCK_D, triton_scan.FWD_UNROLL, triton_scan.FWD_SEQ_WARPS = (
+                block_d,
+                block_l_or_unroll,
+                warps,
+            )
+        timed(f"fwd {kind} {(block_d, block_l_or_unroll, warps)}", False)
+    triton_scan.FWD_KIND = saved["FWD_KIND"]
+    for seq_fwd in (False, True):  # the training forward with the tile kernel or the seq kernel
+        triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"
+        for config in bwd_configs:
+            triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
+            timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config}", True)
+    # Diagnostic: the same without the dB/dC atomics (wrong dB, dC), to see what the cross-program reduction costs.
+    triton_scan.BWD_REDUCE_BC = False
+    for config in bwd_configs[:3]:
+        triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
+        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
+    triton_scan.BWD_REDUCE_BC = True
+    for name, value in saved.items():
+        setattr(triton_scan, name, value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,587 @@
+"""Triton selective scan (S6) for Mamba-UNet's SS2D: forward and hand-written backward, fp32 state, any float I/O.
+
+Computes mamba-ssm's ``selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias, delta_softplus=True)`` with grouped
+B/C: ``dt = softplus(delta + delta_bias)``; ``h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t`` (``h_{-1} = 0``);
+``y_t = sum_n h_t[n] * C_t[n] + D * u_t``.
+
+Why a second kernel next to mamba-ssm's: on SS2D's shapes (G=4 groups of 192..1536 channels, N=16) mamba-ssm's kernel
+runs one CUDA block per channel and reloads B and C for every channel, so the 16 scans of a training step move ~9x the
+bytes they need. Here one program owns BLOCK_D channels of one group and one batch item, so B/C tiles are loaded once
+for BLOCK_D channels, and walks L in tiles of BLOCK_L positions: a coalesced [BLOCK_D, BLOCK_L] load of u and delta,
+the [BLOCK_D, N, BLOCK_L] recurrence inside the tile as one ``tl.associative_scan`` (combine
+``(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)``), the state carried from tile to tile in registers (fp32).
+
+Backward: the forward saves the state at every tile start, (batch, dim, n_tiles, N) fp32 (N/BLOCK_L of u's size).
+The backward walks the tiles in reverse, recomputes the tile's states from the saved one, and runs the reverse
+recurrence ``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}`` as a reverse associative scan; exp(dt_{t+1} A) is recomputed
+from a load of delta shifted by one position (Triton cannot shift registers), and ``a_t h_{t-1} = h_t - dt_t B_t u_t``
+avoids both the shift and a division. dB and dC (sums over a group's channels) and dA, dD, d(delta_bias) (sums over
+batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
+backward the gradients are not bitwise deterministic.
+
+Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from scripts.selective_scan import check_scan_inputs, last_dim_contiguous
+
+__all__ = ["triton_available", "triton_selective_scan", "TritonSelectiveScan"]
+
+try:  # optional dependency: plain import-guard because the kernels below must be module-level for @triton.jit
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+
+# Tile sizes (forward, backward): BLOCK_D channels x BLOCK_L positions per program step; chosen on an H100 by
+# scripts/benchmark_scan.py (see its docstring for the sweep).
+FWD_BLOCK_D, FWD_BLOCK_L, FWD_WARPS = 8, 64, 4
+# Forward kernel: "tile" (associative scan over BLOCK_L positions) or "seq" (one position per step, FWD_UNROLL-unrolled).
+FWD_KIND, FWD_SEQ_BLOCK_D, FWD_SEQ_WARPS, FWD_UNROLL = "seq", 16, 4, 4
+BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
+# False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
+BWD_REDUCE_BC = True
+
+
+def triton_available() -> bool:
+    """True when Triton imports and can run here: on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``."""
+    return triton is not None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _linear_combine(a_left, b_left, a_right, b_right):
+        """Compose h -> a_left h + b_left, then h -> a_right h + b_right (left = applied first)."""
+        return a_left * a_right, a_right * b_left + b_right
+
+    @triton.jit
+    def _softplus(x):
+        """log(1 + exp(x)) like mamba-ssm (identity above 20), with log1p accuracy for tiny exp(x)."""
+        z = tl.exp(-tl.abs(x))
+        log1p_z = tl.where(z < 1e-4, z * (1.0 - 0.5 * z), tl.log(1.0 + z))
+        return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_z)
+
+    @triton.jit
+    def _scan_fwd_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        y_ptr,
+        state_ptr,
+        dim,
+        length,
+        n_state,
+        channels_per_group,
+        n_tiles,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SAVE_STATE: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+    ):
+        # Program (channel block, batch item); a block never straddles two groups (BLOCK_D divides the group size).
+        pid_d = tl.program_id(0)
+        batch = tl.program_id(1)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+        positions = tl.arange(0, BLOCK_L)
+
+        # exp(dt * A) = exp2(dt * A * log2(e)); padded states get A = 0, B = C = 0 and stay at zero.
+        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
+        a_log2 = a_mat.to(tl.float32) * 1.4426950408889634
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+
+        u_rows = u_ptr + batch * stride_u_batch + chans[:, None] * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
+        y_rows = y_ptr + batch * dim * length + chans[:, None] * length
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
+        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
+
+        h = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        for tile in range(0, n_tiles):
+            if SAVE_STATE:
+                tl.store(state_rows + tile * n_state, h, mask=state_ok[None, :])
+            pos = tile * BLOCK_L + positions
+            pos_ok = pos < length
+            u = tl.load(u_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            delta = tl.load(delta_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                delta += bias[:, None]
+            # dt = 0 past the end: decay 1 and input 0 keep the carried state unchanged there.
+            dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
+            bc_mask = state_ok[:, None] & pos_ok[None, :]
+            b_tile = tl.load(b_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+            c_tile = tl.load(c_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+
+            decay = tl.exp2(dt[:, None, :] * a_log2[:, :, None])  # [BLOCK_D, N, BLOCK_L]
+            inputs = (dt * u)[:, None, :] * b_tile[None, :, :]
+            decay_prod, h_local = tl.associative_scan((decay, inputs), axis=2, combine_fn=_linear_combine)
+            h_all = h_local + decay_prod * h[:, :, None]
+            y = tl.sum(h_all * c_tile[None, :, :], axis=1)
+            if HAS_D:
+                y += d_skip[:, None] * u
+            tl.store(y_rows + pos[None, :], y.to(y_ptr.dtype.element_ty), mask=pos_ok[None, :])
+            h = tl.sum(tl.where(positions[None, None, :] == BLOCK_L - 1, h_all, 0.0), axis=2)
+
+    @triton.jit
+    def _scan_fwd_seq_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        y_ptr,
+        state_ptr,
+        dim,
+        length,
+        n_state,
+        channels_per_group,
+        n_tiles,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SAVE_STATE: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+        UNROLL: tl.constexpr,
+    ):
+        """Forward, one position per loop step: the [BLOCK_D, N] state in registers, no scan across threads."""
+        pid_d = tl.program_id(0)
+        batch = tl.program_id(1)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
+        a_log2 = a_mat.to(tl.float32) * 1.4426950408889634
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+        u_rows = u_ptr + batch * stride_u_batch + chans * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans * stride_delta_dim
+        y_rows = y_ptr + batch * dim * length + chans * length
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states * stride_c_state
+        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
+        h = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        for pos in tl.range(0, length, loop_unroll_factor=UNROLL):
+            if SAVE_STATE:
+                if pos % BLOCK_L == 0:
+                    tl.store(state_rows + (pos // BLOCK_L) * n_state, h, mask=state_ok[None, :])
+            u = tl.load(u_rows + pos).to(tl.float32)
+            delta = tl.load(delta_rows + pos).to(tl.float32)
+            if HAS_BIAS:
+                delta += bias
+            dt = _softplus(delta)
+            b_col = tl.load(b_rows + pos, mask=state_ok, other=0.0).to(tl.float32)
+            c_col = tl.load(c_rows + pos, mask=state_ok, other=0.0).to(tl.float32)
+            h = tl.exp2(dt[:, None] * a_log2) * h + (dt * u)[:, None] * b_col[None, :]
+            y = tl.sum(h * c_col[None, :], axis=1)
+            if HAS_D:
+                y += d_skip * u
+            tl.store(y_rows + pos, y.to(y_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _scan_bwd_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        dy_ptr,
+        state_ptr,
+        du_ptr,
+        ddelta_ptr,
+        da_ptr,
+        db_ptr,
+        dc_ptr,
+        dd_ptr,
+        dbias_ptr,
+        dim,
+        length,
+        n_state,
+        channels_per_group,
+        n_groups,
+        n_tiles,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        stride_dy_batch,
+        stride_dy_dim,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        REDUCE_BC: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+    ):
+        pid_d = tl.program_id(0)
+        batch = tl.program_id(1)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+        positions = tl.arange(0, BLOCK_L)
+
+        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
+        a_mat = a_mat.to(tl.float32)
+        a_log2 = a_mat * 1.4426950408889634
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+
+        u_rows = u_ptr + batch * stride_u_batch + chans[:, None] * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
+        dy_rows = dy_ptr + batch * stride_dy_batch + chans[:, None] * stride_dy_dim
+        grad_rows = (batch * dim + chans[:, None]) * length  # du, ddelta: contiguous (batch, dim, L)
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
+        dbc_rows = ((batch * n_groups + group) * n_state + states[:, None]) * length  # dB, dC: contiguous fp32
+        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
+
+        # carry = exp(dt_{t0} A) * g_{t0} of the tile after the current one (t0 its first position): what flows back.
+        carry = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        da_acc = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for step in range(0, n_tiles):
+            tile = n_tiles - 1 - step
+            pos = tile * BLOCK_L + positions
+            pos_ok = pos < length
+            # Position t+1 inside this tile; the tile's last position takes the next tile's decay through carry.
+            next_ok = (pos + 1 < length) & (positions < BLOCK_L - 1)
+            u = tl.load(u_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            delta = tl.load(delta_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            delta_next = tl.load(delta_rows + pos[None, :] + 1, mask=next_ok[None, :], other=0.0).to(tl.float32)
+            dy = tl.load(dy_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                delta += bias[:, None]
+                delta_next += bias[:, None]
+            dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
+            dt_next = tl.where(next_ok[None, :], _softplus(delta_next), 0.0)
+            bc_mask = state_ok[:, None] & pos_ok[None, :]
+            b_tile = tl.load(b_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+            c_tile = tl.load(c_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+
+            # Recompute the tile's states h_t from the saved state at the tile start.
+            dt_u = dt * u
+            decay = tl.exp2(dt[:, None, :] * a_log2[:, :, None])
+            inputs = dt_u[:, None, :] * b_tile[None, :, :]
+            decay_prod, h_local = tl.associative_scan((decay, inputs), axis=2, combine_fn=_linear_combine)
+            h_start = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
+            h_all = h_local + decay_prod * h_start[:, :, None]
+            if REDUCE_BC:
+                tl.atomic_add(
+                    dc_ptr + dbc_rows + pos[None, :],
+                    tl.sum(h_all * dy[:, None, :], axis=0),
+                    mask=bc_mask,
+                    sem="relaxed",
+                )
+
+            # g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}, reverse scan; the later tiles enter through carry.
+            decay_next = tl.exp2(dt_next[:, None, :] * a_log2[:, :, None])
+            out_grad = c_tile[None, :, :] * dy[:, None, :]
+            decay_next_prod, g_local = tl.associative_scan(
+                (decay_next, out_grad), axis=2, combine_fn=_linear_combine, reverse=True
+            )
+            g = g_local + decay_next_prod * carry[:, :, None]
+            carry = tl.sum(tl.where(positions[None, None, :] == 0, decay * g, 0.0), axis=2)
+
+            g_b = tl.sum(g * b_tile[None, :, :], axis=1)  # sum_n g_t B_t
+            decayed_prev = g * (h_all - inputs)  # g_t * exp(dt_t A) h_{t-1} = dL/d(dt_t A)
+            ddt = u * g_b + tl.sum(decayed_prev * a_mat[:, :, None], axis=1)
+            da_acc += tl.sum(decayed_prev * dt[:, None, :], axis=2)
+            tl.atomic_add(
+                db_ptr + dbc_rows + pos[None, :], tl.sum(g * dt_u[:, None, :], axis=0), mask=bc_mask, sem="relaxed"
+            )
+            du = dt * g_b
+            if HAS_D:
+                du += d_skip[:, None] * dy
+                dd_acc += tl.sum(dy * u, axis=1)
+            # softplus'(x) = sigmoid(x); masked positions have dy = 0, hence ddt = 0.
+            ddelta = tl.where(delta > 20.0, ddt, ddt / (1.0 + tl.exp(-delta)))
+            ddelta = tl.where(pos_ok[None, :], ddelta, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddelta, axis=1)
+            tl.store(du_ptr + grad_rows + pos[None, :], du.to(du_ptr.dtype.element_ty), mask=pos_ok[None, :])
+            tl.store(
+                ddelta_ptr + grad_rows + pos[None, :], ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok[None, :]
+            )
+
+        tl.atomic_add(
+            da_ptr + chans[:, None] * n_state + states[None, :], da_acc, mask=state_ok[None, :], sem="relaxed"
+        )
+        if HAS_D:
+            tl.atomic_add(dd_ptr + chans, dd_acc, sem="relaxed")
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + chans, dbias_acc, sem="relaxed")
+
+
+def _block_d(channels_per_group: int, preferred: int) -> int:
+    """Largest power of two <= preferred dividing the group size: a channel block must sit inside one group."""
+    block = 1
+    while block * 2 <= preferred and channels_per_group % (block * 2) == 0:
+        block *= 2
+    return block
+
+
+def _next_pow2(value: int) -> int:
+    return 1 << max(0, (value - 1).bit_length())
+
+
+def _tile_length(length: int, preferred: int) -> int:
+    """BLOCK_L for a sequence: the preferred length, or the next power of two >= L (at least 16) for short ones."""
+    return min(preferred, max(16, _next_pow2(length)))
+
+
+def _forward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    save_state: bool,
+    block_l: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel; returns y (u's dtype) and, with save_state, the tile-start states.
+
+    Tile sizes come from the module constants at call time (scripts/benchmark_scan.py sweeps them); block_l overrides
+    FWD_BLOCK_L (the training forward uses the backward's tile length)."""
+    block_d, num_warps = FWD_BLOCK_D, FWD_WARPS
+    block_l = FWD_BLOCK_L if block_l is None else block_l
+    batch, dim, length = u.shape
+    n_groups, n_state = B.shape[1], A.shape[1]
+    per_group = dim // n_groups
+    block_d = _block_d(per_group, block_d)
+    block_l = _tile_length(length, block_l)
+    n_tiles = triton.cdiv(length, block_l)
+    y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
+    state = (
+        torch.empty((batch, dim, n_tiles, n_state), device=u.device, dtype=torch.float32)
+        if save_state
+        else y  # never written (SAVE_STATE=False), any pointer does
+    )
+    a_fp32 = A.float().contiguous()
+    kernel, extra = _scan_fwd_kernel, {}
+    if FWD_KIND == "seq":
+        block_d, num_warps = _block_d(per_group, FWD_SEQ_BLOCK_D), FWD_SEQ_WARPS
+        kernel, extra = _scan_fwd_seq_kernel, {"UNROLL": FWD_UNROLL}
+    kernel[(dim // block_d, batch)](
+        u,
+        delta,
+        a_fp32,
+        B,
+        C,
+        D if D is not None else a_fp32,
+        delta_bias if delta_bias is not None else a_fp32,
+        y,
+        state,
+        dim,
+        length,
+        n_state,
+        per_group,
+        n_tiles,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        B.stride(0),
+        B.stride(1),
+        B.stride(2),
+        C.stride(0),
+        C.stride(1),
+        C.stride(2),
+        HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None,
+        SAVE_STATE=save_state,
+        N_PAD=_next_pow2(n_state),
+        BLOCK_D=block_d,
+        BLOCK_L=block_l,
+        num_warps=num_warps,
+        **extra,
+    )
+    return y, (state if save_state else None)
+
+
+def _backward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    dy: torch.Tensor,
+    state: torch.Tensor,
+    block_l: int,
+) -> tuple[torch.Tensor, ...]:
+    """Launch the backward kernel with the forward's tile length; returns (du, ddelta, dA, dB, dC, dD, ddelta_bias)."""
+    block_d, num_warps = BWD_BLOCK_D, BWD_WARPS
+    batch, dim, length = u.shape
+    n_groups, n_state = B.shape[1], A.shape[1]
+    per_group = dim // n_groups
+    block_d = _block_d(per_group, block_d)
+    n_tiles = state.shape[2]
+    du = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
+    ddelta = torch.empty((batch, dim, length), device=u.device, dtype=delta.dtype)
+    # Accumulated with atomics across programs: fp32 and zero-initialised.
+    da = torch.zeros((dim, n_state), device=u.device, dtype=torch.float32)
+    db = torch.zeros((batch, n_groups, n_state, length), device=u.device, dtype=torch.float32)
+    dc = torch.zeros_like(db)
+    dd = torch.zeros(dim, device=u.device, dtype=torch.float32)
+    dbias = torch.zeros(dim, device=u.device, dtype=torch.float32)
+    a_fp32 = A.float().contiguous()
+    _scan_bwd_kernel[(dim // block_d, batch)](
+        u,
+        delta,
+        a_fp32,
+        B,
+        C,
+        D if D is not None else a_fp32,
+        delta_bias if delta_bias is not None else a_fp32,
+        dy,
+        state,
+        du,
+        ddelta,
+        da,
+        db,
+        dc,
+        dd,
+        dbias,
+        dim,
+        length,
+        n_state,
+        per_group,
+        n_groups,
+        n_tiles,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        B.stride(0),
+        B.stride(1),
+        B.stride(2),
+        C.stride(0),
+        C.stride(1),
+        C.stride(2),
+        dy.stride(0),
+        dy.stride(1),
+        HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None,
+        REDUCE_BC=BWD_REDUCE_BC,
+        N_PAD=_next_pow2(n_state),
+        BLOCK_D=block_d,
+        BLOCK_L=block_l,
+        num_warps=num_warps,
+    )
+    return (
+        du,
+        ddelta,
+        da.to(A.dtype),
+        db.to(B.dtype),
+        dc.to(C.dtype),
+        None if D is None else dd.to(D.dtype),
+        None if delta_bias is None else dbias.to(delta_bias.dtype),
+    )
+
+
+class TritonSelectiveScan(torch.autograd.Function):
+    """Differentiable Triton selective scan; saves the inputs plus the (batch, dim, n_tiles, N) fp32 tile states."""
+
+    @staticmethod
+    def forward(ctx: Any, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
+        # The saved states are the backward's tile starts, so the forward runs with the backward's tile length.
+        y, state = _forward(u, delta, A, B, C, D, delta_bias, save_state=True, block_l=BWD_BLOCK_L)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, state)
+        ctx.block_l = _tile_length(u.shape[2], BWD_BLOCK_L)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
+        u, delta, A, B, C, D, delta_bias, state = ctx.saved_tensors
+        return _backward(u, delta, A, B, C, D, delta_bias, last_dim_contiguous(dy), state, ctx.block_l)
+
+
+def triton_selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Selective scan with delta_softplus=True (mamba-ssm's ``selective_scan_fn`` without z), differentiable.
+
+    Args:
+        u, delta: (batch, dim, L), float32/bfloat16/float16 (last dim contiguous, else copied).
+        A: (dim, N) real, negative for a decaying state (computed in float32).
+        B, C: (batch, G, N, L) with channel d using group d // (dim / G), or (batch, N, L) (one group); any float dtype.
+        D, delta_bias: (dim,) or None.
+
+    Returns:
+        y: (batch, dim, L) in u's dtype; the state and all arithmetic are float32 (float64 inputs are computed in
+        float32 too). Gradients come back in each input's dtype.
+    """
+    if triton is None:
+        raise RuntimeError("scripts/triton_scan.py: Triton is not installed; use the 'cuda' or 'torch' scan backend")
+    check_scan_inputs(u, delta, A, B, C, D, delta_bias)
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    u, delta, B, C = (last_dim_contiguous(t) for t in (u, delta, B, C))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)):
+        return TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias)
+    return _forward(u, delta, A, B, C, D, delta_bias, save_state=False)[0]

@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, NibabelReader
+from monai.data import CacheDataset, MetaTensor, NibabelReader
 from monai.engines.utils import PrepareBatch, PrepareBatchDefault
 from monai.networks.layers import AffineTransform
 from monai.transforms import LoadImage, MapTransform
@@ -190,15 +190,58 @@ def ssl4mis_datalist(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
     return items
 
 
-def _slice_count(path: Path) -> int:
-    """Number of slices of a 3D NIfTI volume, from its header only (no voxel data is read)."""
+def _nifti_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a NIfTI image from its header only (no voxel data is read)."""
+    if not path.is_file():
+        raise InputDataError(path, "file not found")
     try:
-        shape = nib.load(path).shape
+        return tuple(int(n) for n in nib.load(path).shape)
     except Exception as error:  # nibabel raises many types (ImageFileError, EOFError, zlib/gzip errors)
         raise InputDataError(path, f"cannot read NIfTI header ({_short_reason(error)})") from None
+
+
+def _slice_count(path: Path) -> int:
+    """Number of slices of a 3D NIfTI volume, from its header only."""
+    shape = _nifti_shape(path)
     if len(shape) != 3:
         raise InputDataError(path, f"wrong dimensionality: expected a 3D volume, the header says shape {shape}")
-    return int(shape[2])
+    return shape[2]
+
+
+def training_slices(items: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Training items as 2D slices: an item naming a 3D NIfTI volume without a ``"slice"`` index becomes one item per
+    slice (``"slice": k``, k along the last axis); slice items, 2D images and h5 files (SSL4MIS slices) pass unchanged.
+
+    Why: the bundle's own datalists already list slices, but MONAI Label's training task replaces
+    ``train#dataset#data`` with whole annotated volumes ``{"image": path, "label": path}``. Raises InputDataError for
+    an empty list, an item without an image, or a NIfTI image that is neither 2D nor 3D.
+    """
+    if not items:
+        raise InputDataError("train#dataset#data", "no training items (empty data list)")
+    slices = []
+    for item in items:
+        image = item.get("image") if isinstance(item, Mapping) else None
+        if not image:
+            raise InputDataError("train#dataset#data", f"training item without an 'image' path: {item!r}")
+        if "slice" in item or not str(image).endswith(_NIFTI_SUFFIXES):
+            slices.append(dict(item))
+            continue
+        shape = _nifti_shape(Path(image))
+        if len(shape) == 2:
+            slices.append(dict(item))
+        elif len(shape) == 3:
+            case = item.get("case", patient_id(Path(image).name) or Path(image).name.split(".")[0])
+            slices.extend({**item, "case": case, "slice": k} for k in range(shape[2]))
+        else:
+            raise InputDataError(image, f"wrong dimensionality: expected a 2D slice or a 3D volume, shape {shape}")
+    return slices
+
+
+class TrainingSliceDataset(CacheDataset):
+    """MONAI's CacheDataset over :func:`training_slices` of ``data`` (same arguments as CacheDataset)."""
+
+    def __init__(self, data: Sequence[Mapping[str, Any]], transform: Any = None, **kwargs: Any) -> None:
+        super().__init__(training_slices(data), transform, **kwargs)
 
 
 def _cases_to_items(cases: Sequence[tuple[str, Path, Path]], split: str) -> list[dict]:

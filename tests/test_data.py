@@ -21,6 +21,7 @@ from scripts.data import (
     LoadACDCd,
     PrepareAugmentedBatch,
     RandRotFlipOrRotate,
+    TrainingSliceDataset,
     ValidateImaged,
     acdc_nifti_datalist,
     check_image,
@@ -35,6 +36,7 @@ from scripts.data import (
     save_split,
     split_from_ssl4mis_lists,
     ssl4mis_datalist,
+    training_slices,
     write_phantom,
 )
 
@@ -230,6 +232,35 @@ def test_slice_item_is_slice_of_normalised_volume(tmp_path):
     np.testing.assert_array_equal(raw, image[..., 1])
     only_image = LoadACDCd(keys=("image",), ndim=3)({"image": item["image"]})
     assert set(only_image) == {"image"} and only_image["image"].shape == (1, 20, 18, 4)
+
+
+def test_training_slices_expand_whole_volumes_only(tmp_path):
+    """MONAI Label hands training whole volumes: each 3D NIfTI becomes its slices; slice items, 2D images, h5 pass."""
+    image, label = _volume()
+    volume = {"image": str(_write_nifti(tmp_path / "patient007_frame01.nii.gz", image)), "label": "lbl.nii.gz"}
+    flat = {"image": str(_write_nifti(tmp_path / "flat.nii.gz", image[..., 0])), "label": "flat_gt.nii.gz"}
+    given_slice = {"image": volume["image"], "label": "lbl.nii.gz", "slice": 2, "case": "c"}
+    h5_slice = {"image": str(tmp_path / "s.h5"), "label": str(tmp_path / "s.h5")}  # not opened: h5 items pass as is
+    items = training_slices([volume, flat, given_slice, h5_slice])
+    assert items[:4] == [{**volume, "case": "patient007", "slice": k} for k in range(4)]
+    assert items[4:] == [flat, given_slice, h5_slice]
+
+    dataset = TrainingSliceDataset([volume], transform=LoadACDCd(keys=("image",)), progress=False)
+    assert len(dataset) == 4 and dataset[3]["image"].shape == (1, 20, 18)
+
+    with pytest.raises(InputDataError, match="empty data list"):
+        training_slices([])
+    with pytest.raises(InputDataError, match="without an 'image' path"):
+        training_slices([{"label": "x.nii.gz"}])
+    with pytest.raises(InputDataError, match="missing.nii.gz: file not found"):
+        training_slices([{"image": str(tmp_path / "missing.nii.gz")}])
+    four_d = tmp_path / "cine_4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2, 3), np.float32), np.eye(4)), four_d)
+    with pytest.raises(InputDataError, match="cine_4d.nii.gz: wrong dimensionality"):
+        training_slices([{"image": str(four_d)}])
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(InputDataError, match="corrupt.nii.gz: cannot read NIfTI header"):
+        training_slices([{"image": str(tmp_path / "corrupt.nii.gz")}])
 
 
 def _acdc_patient(folder: Path, pid: str, ed: int = 1, es: int = 7, shape=(12, 10, 3)) -> None:

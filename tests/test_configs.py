@@ -33,7 +33,7 @@ def small_phantom_overrides(tmp_path: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.json")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_json_is_formatted_like_the_model_zoo(path):
     """The zoo's pre-commit runs pretty-format-json --indent=4 --no-sort-keys; a config must be a fixed point of it."""
     text = path.read_text()

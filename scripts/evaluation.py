@@ -68,6 +68,8 @@ __all__ = [
     "case_metrics",
     "slice_dice",
     "format_table",
+    "atomic_write_bytes",
+    "TABLE_HEADERS",
     "SegmentationReport",
 ]
 
@@ -265,7 +267,7 @@ class _CaseRecord:
         return float(np.mean([self.metrics[c]["Dice"] for c in CLASS_NAMES.values()]))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder + os.replace, so a kill never leaves a truncated file."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -584,13 +586,15 @@ class SegmentationReport:
                         *(int(values[f]) for f in FLAGS),
                     ]
                 )
-        _atomic_write(folder / "metrics_per_case.csv", rows.getvalue().encode())
-        _atomic_write(folder / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-        _atomic_write(folder / "summary.md", self._markdown(summary).encode())
-        _atomic_write(folder / "slice_dice_histogram.png", _figure_png(self._histogram_figure(records)))
+        atomic_write_bytes(folder / "metrics_per_case.csv", rows.getvalue().encode())
+        atomic_write_bytes(folder / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_bytes(folder / "summary.md", self._markdown(summary).encode())
+        atomic_write_bytes(folder / "slice_dice_histogram.png", _figure_png(self._histogram_figure(records)))
         for record in self._overlay_cases(records):
             safe_name = re.sub(r"[^\w.-]", "_", record.name)
-            _atomic_write(folder / f"overlay_{safe_name}.png", _figure_png(self._overlay_figure(record, len(records))))
+            atomic_write_bytes(
+                folder / f"overlay_{safe_name}.png", _figure_png(self._overlay_figure(record, len(records)))
+            )
 
     def _markdown(self, summary: dict[str, Any]) -> str:
         events = summary["empty_mask_events"]["total"]

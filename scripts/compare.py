@@ -207,7 +207,7 @@ def comparison_table(out: Path) -> tuple[str, list[dict[str, Any]]]:
         )
     units = sorted({row["units"] for row in rows})
     headers = ["network", "params"] + [TABLE_HEADERS[m] for m in METRICS]
-    headers += ["Dice " + "/".join(CLASS_NAMES.values()), "best at it", "train wall", "img/s", "GPUs"]
+    headers += ["Dice " + "/".join(CLASS_NAMES.values()), "best at it", "train wall", "img/s", "processes"]
     lines = [
         f"Validation split, mean over cases of the mean over {'/'.join(CLASS_NAMES.values())}; "
         f"HD95/ASD in {' or '.join(units) or 'n/a'}. img/s: iterations x batch / training command wall time.",

@@ -76,8 +76,9 @@ class Mamba(nn.Module):
         dt_rank: rank of the delta projection, or "auto" for ceil(d_model / 16).
         dt_min, dt_max, dt_init_floor: range of the initial step sizes softplus(dt_proj.bias).
         conv_bias: bias of conv1d. bias: bias of in_proj and out_proj.
-        scan_backend: "auto" | "torch" | "cuda", resolved by :func:`scripts.selective_scan.scan_backend_in_use`
-            ("auto" follows the environment variable ``MAMBA_UNET_SCAN``).
+        scan_backend: "auto" | "torch" | "cuda" | "triton", resolved by
+            :func:`scripts.selective_scan.scan_backend_in_use` ("auto" follows the environment variable
+            ``MAMBA_UNET_SCAN``); "triton" runs the unfused path with the Triton scan.
     """
 
     def __init__(

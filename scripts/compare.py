@@ -15,9 +15,10 @@ Everything of a network stays in ``<out>/<network>/``: ``models/``, ``logs/`` (T
 validation Dice and its iteration). A network whose ``run.json`` says ``done`` is not run again, and an interrupted
 training resumes from its ``latest.pt`` when the command is repeated. ``<out>/comparison.md`` and ``comparison.json``
 are rebuilt from all ``run.json`` files after every network: the mean over RV/MYO/LV of the 8 report metrics, the
-per-class Dice, where the best checkpoint was, the training wall time and img/s (iterations x batch / wall time of
-the training command, start-up and data caching included, so a lower bound of the trainer's own rate; after a resumed
-run both describe only the command that finished the training, ``iterations_trained`` in run.json says how much).
+per-class Dice, where the best checkpoint was, the training time and img/s (iterations x batch / the trainer's own
+time, validation included, start-up and data caching not; summed over all commands of a resumed run, from
+``latest.pt``'s ``train_seconds``, so a run killed and resumed reports its whole cost). run.json also keeps each
+command's wall time (``train_wall_s``, of the command that finished the training) and ``segments``.
 A failing command stops the comparison with its exit status and the end of its log; finished networks are kept.
 """
 
@@ -87,12 +88,14 @@ def _run_logged(command: list[str], log_file: Path, what: str) -> float:
 
 
 def _latest_state(models: Path) -> dict[str, Any]:
-    """Iteration, best metric and its iteration from ``latest.pt`` ({} before the first validation period)."""
+    """Iteration, best metric and its iteration, training time and segments from ``latest.pt`` ({} before the first
+    validation period)."""
     path = models / "latest.pt"
     if not path.is_file():
         return {}
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {key: state[key] for key in ("iteration", "best_metric", "best_iteration")}
+    keys = ("iteration", "best_metric", "best_iteration", "train_seconds", "segments")
+    return {key: state[key] for key in keys if key in state}
 
 
 def _newest_report(eval_dir: Path) -> Path:
@@ -176,9 +179,9 @@ def run_network(
     report = _newest_report(folder / "eval")
     parameters, batch_size = network_and_batch(base, extra_args)
     record.update(status="done", report=str(report.relative_to(out)), parameters=parameters, batch_size=batch_size)
-    # None when no measured invocation trained anything (latest.pt was already at max_iterations)
-    trained_images = record["iterations_trained"] * record["batch_size"]
-    record["train_img_per_s"] = trained_images / record["train_wall_s"] if trained_images else None
+    # None for a checkpoint written before train_seconds existed
+    seconds = record.get("train_seconds")
+    record["train_img_per_s"] = record["iteration"] * batch_size / seconds if seconds else None
     _write_json(record_file, record)
     return record
 
@@ -200,17 +203,18 @@ def comparison_table(out: Path) -> tuple[str, list[dict[str, Any]]]:
                 "units": summary["units"],
                 "best_iteration": record.get("best_iteration"),
                 "iterations": record.get("iteration"),
-                "train_wall_s": record["train_wall_s"],
+                "train_seconds": record.get("train_seconds"),
                 "train_img_per_s": record["train_img_per_s"],
                 "processes": record.get("processes", 1),
             }
         )
     units = sorted({row["units"] for row in rows})
     headers = ["network", "params"] + [TABLE_HEADERS[m] for m in METRICS]
-    headers += ["Dice " + "/".join(CLASS_NAMES.values()), "best at it", "train wall", "img/s", "processes"]
+    headers += ["Dice " + "/".join(CLASS_NAMES.values()), "best at it", "training time", "img/s", "processes"]
     lines = [
         f"Validation split, mean over cases of the mean over {'/'.join(CLASS_NAMES.values())}; "
-        f"HD95/ASD in {' or '.join(units) or 'n/a'}. img/s: iterations x batch / training command wall time.",
+        f"HD95/ASD in {' or '.join(units) or 'n/a'}. Training time: the trainer's, validation included, summed over "
+        "the commands of a resumed run; img/s: iterations x batch / training time.",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "---|" * len(headers),
@@ -220,9 +224,12 @@ def comparison_table(out: Path) -> tuple[str, list[dict[str, Any]]]:
         cells += [f"{row['mean'][m]:.4f}" for m in METRICS]
         cells.append(" / ".join(f"{v:.4f}" for v in row["dice_per_class"].values()))
         cells.append(f"{row['best_iteration']} of {row['iterations']}")
-        minutes, seconds = divmod(round(row["train_wall_s"]), 60)
-        img_per_s = "n/a" if row["train_img_per_s"] is None else f"{row['train_img_per_s']:.1f}"
-        cells += [f"{minutes} min {seconds:02d} s", img_per_s, str(row["processes"])]
+        if row["train_seconds"] is None:
+            time_cell = img_per_s = "n/a"
+        else:
+            minutes, seconds = divmod(round(row["train_seconds"]), 60)
+            time_cell, img_per_s = f"{minutes} min {seconds:02d} s", f"{row['train_img_per_s']:.1f}"
+        cells += [time_cell, img_per_s, str(row["processes"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", rows
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,11 +90,16 @@ class ResumableCheckpoint:
     run is resumed, so a killed-and-restarted run could overwrite a better `model.pt` or load a truncated file.
 
     - trainer STARTED: if `resume` and `latest.pt` exists, restore network, optimizer, LR scheduler, trainer position
-      (iteration/epoch) and the best metric so far.
+      (iteration/epoch), the best metric so far and the training time so far.
     - validator COMPLETED: if the key metric improved, write the network's plain state dict to `model.pt`
       (loadable by MONAI's CheckpointLoader and the Model Zoo tools).
     - trainer EPOCH_COMPLETED (one validation period): write `latest.pt`. Attach this handler after the
       ValidationHandler so the best metric of that period is already known.
+    - trainer COMPLETED: log the whole run's training time.
+
+    `train_seconds` in `latest.pt` is the trainer's wall time (validation included, start-up excluded) summed over every
+    command that contributed saved periods, so a run resumed after a kill still reports its true cost; the time of a
+    period interrupted before its save is not counted (that work is redone). `segments` counts those commands.
     """
 
     def __init__(
@@ -115,6 +121,10 @@ class ResumableCheckpoint:
         self.resume = resume
         self.best_metric = -math.inf
         self.best_iteration = -1
+        self.train_seconds = 0.0  # of the saved periods, over all segments (commands) of this run
+        self.segments = 0
+        self._segment_start = time.perf_counter()
+        self._seconds_before = 0.0  # train_seconds when this segment started
         self._trainer: Engine | None = None
 
     @property
@@ -129,10 +139,13 @@ class ResumableCheckpoint:
         self._trainer = trainer
         trainer.add_event_handler(Events.STARTED, self._maybe_resume)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save_latest)
+        trainer.add_event_handler(Events.COMPLETED, self._log_total)
         if self.validator is not None:
             self.validator.add_event_handler(Events.COMPLETED, self._maybe_save_best)
 
     def _maybe_resume(self, trainer: Engine) -> None:
+        self._segment_start = time.perf_counter()
+        self.segments += 1
         if not (self.resume and self.latest_path.exists()):
             return
         try:
@@ -153,11 +166,15 @@ class ResumableCheckpoint:
             )
         trainer.state.iteration, trainer.state.epoch = iteration, epoch
         self.best_metric, self.best_iteration = float(state["best_metric"]), int(state["best_iteration"])
+        # checkpoints written before these keys existed: unknown earlier time counts as 0, one earlier segment
+        self._seconds_before = self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.segments = int(state.get("segments", 1)) + 1
         if "rng" in state:
             torch.set_rng_state(state["rng"])
         logger.info(
             f"Resumed from {self.latest_path} at iteration {iteration} "
-            f"(best {self.key_metric} {self.best_metric:.4f} at iteration {self.best_iteration})."
+            f"(best {self.key_metric} {self.best_metric:.4f} at iteration {self.best_iteration}; "
+            f"{self.train_seconds:.1f} s of training so far, segment {self.segments})."
         )
 
     def _maybe_save_best(self, validator: Engine) -> None:
@@ -174,6 +191,7 @@ class ResumableCheckpoint:
             logger.info(f"New best {self.key_metric} {metric:.4f} at iteration {iteration}: saved {self.best_path}")
 
     def _save_latest(self, trainer: Engine) -> None:
+        self.train_seconds = self._seconds_before + time.perf_counter() - self._segment_start
         if not is_main_process():
             return
         state = {
@@ -185,8 +203,17 @@ class ResumableCheckpoint:
             "best_metric": self.best_metric,
             "best_iteration": self.best_iteration,
             "rng": torch.get_rng_state(),
+            "train_seconds": self.train_seconds,
+            "segments": self.segments,
         }
         atomic_torch_save(state, self.latest_path)
+
+    def _log_total(self, trainer: Engine) -> None:
+        logger.info(
+            f"Training finished at iteration {trainer.state.iteration}: {self.train_seconds:.1f} s of training "
+            f"(validation included) in {self.segments} segment(s); best {self.key_metric} {self.best_metric:.4f} "
+            f"at iteration {self.best_iteration}."
+        )
 
 
 class NonFiniteLossError(RuntimeError):

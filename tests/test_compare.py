@@ -35,7 +35,8 @@ def test_each_network_is_trained_evaluated_and_tabulated(compared):
         record = json.loads((runs / name / "run.json").read_text())
         assert record["status"] == "done" and record["iteration"] == 4 and record["iterations_trained"] == 4
         assert record["best_iteration"] in (2, 4) and record["batch_size"] == 2
-        assert record["train_img_per_s"] == pytest.approx(8 / record["train_wall_s"])
+        assert record["segments"] == 1 and 0 < record["train_seconds"] < record["train_wall_s"]
+        assert record["train_img_per_s"] == pytest.approx(8 / record["train_seconds"])
         summary = json.loads((runs / record["report"]).read_text())
         assert row["mean"]["Dice"] == summary["mean"]["Dice"]["mean"]
         assert 0.0 <= row["mean"]["Dice"] <= 1.0

@@ -75,6 +75,29 @@ def test_resume_restores_everything_and_keeps_the_best_model(tmp_path):
     assert sched2.last_epoch == 8 and opt2.state_dict()["state"], "optimizer momentum was not restored"
 
 
+def test_training_time_adds_up_over_resumed_segments(tmp_path, monkeypatch):
+    import itertools
+
+    import scripts.training
+
+    ticks = itertools.count()  # a clock that advances 1 s each time it is read (segment start and each save)
+    monkeypatch.setattr(scripts.training.time, "perf_counter", lambda: float(next(ticks)))
+    *_, ckpt = _tiny_training(tmp_path, [0.5, 0.9, 0.7], max_epochs=3)
+    assert ckpt.train_seconds == 3.0 and ckpt.segments == 1
+    latest = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert latest["train_seconds"] == 3.0 and latest["segments"] == 1
+
+    *_, ckpt2 = _tiny_training(tmp_path, [0.8, 0.6], max_epochs=5)  # resumed: 2 more periods, 2 more seconds
+    latest = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert ckpt2.train_seconds == latest["train_seconds"] == 5.0 and latest["segments"] == ckpt2.segments == 2
+
+    # a checkpoint from before these keys existed resumes with its time unknown (0) and one earlier segment
+    del latest["train_seconds"], latest["segments"]
+    torch.save(latest, tmp_path / "latest.pt")
+    *_, ckpt3 = _tiny_training(tmp_path, [0.4], max_epochs=6)
+    assert ckpt3.train_seconds == 1.0 and ckpt3.segments == 2
+
+
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
     (tmp_path / "latest.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="cannot resume"):

@@ -20,6 +20,9 @@ time, validation included, start-up and data caching not; summed over all comman
 ``latest.pt``'s ``train_seconds``, so a run killed and resumed reports its whole cost). run.json also keeps each
 command's wall time (``train_wall_s``, of the command that finished the training) and ``segments``.
 A failing command stops the comparison with its exit status and the end of its log; finished networks are kept.
+With ``--time_limit_s S`` (passed to ``run training``) a training that would pass S seconds stops cleanly after a
+validation period: the comparison then exits with status 75 (run.json says ``interrupted``) and the same command
+resumes it, so a long table can be filled in fixed-length slots.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts.evaluation import CLASS_NAMES, METRICS, TABLE_HEADERS, atomic_write_bytes
+from scripts.training import EXIT_RESUMABLE, TIME_LIMIT_STOP
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,18 @@ RECORD = "run.json"
 
 
 class CommandFailed(RuntimeError):
-    """A training or evaluation subprocess exited non-zero; the message names its log."""
+    """A training or evaluation subprocess exited non-zero (``status``); the message names its log."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, status)
+        self.message, self.status = message, status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TrainingInterrupted(RuntimeError):
+    """A training stopped by its ``--time_limit_s`` (exit EXIT_RESUMABLE): re-running the comparison resumes it."""
 
 
 def available_networks() -> list[str]:
@@ -83,7 +98,7 @@ def _run_logged(command: list[str], log_file: Path, what: str) -> float:
     wall = time.perf_counter() - start
     if status != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-15:]
-        raise CommandFailed(f"{what} failed (exit {status}); log {log_file}:\n" + "\n".join(tail))
+        raise CommandFailed(f"{what} failed (exit {status}); log {log_file}:\n" + "\n".join(tail), status)
     return wall
 
 
@@ -172,9 +187,18 @@ def run_network(
         _write_json(record_file, record)
         logger.info("%s: evaluating (log %s)", name, folder / "eval.log")
         record["eval_wall_s"] = _run_logged(eval_command, folder / "eval.log", f"evaluation of {name}")
-    except CommandFailed:
-        record["status"] = "failed"
+    except CommandFailed as error:
+        # under torchrun the launcher exits 1 when its workers exit EXIT_RESUMABLE: the log line tells
+        training_log = (folder / "train.log").read_text(errors="replace") if record["status"] == "training" else ""
+        interrupted = error.status == EXIT_RESUMABLE or TIME_LIMIT_STOP in training_log
+        record["status"] = "interrupted" if interrupted else "failed"
+        record.update(_latest_state(folder / "models"))
         _write_json(record_file, record)
+        if interrupted:
+            raise TrainingInterrupted(
+                f"training of {name} stopped by its time limit at iteration {record.get('iteration', 0)}; "
+                "run the same command again to resume it"
+            ) from error
         raise
     report = _newest_report(folder / "eval")
     parameters, batch_size = network_and_batch(base, extra_args)
@@ -265,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in networks:
             try:
                 run_network(name, out, extra_args, config_files, args.nproc_per_node)
+            except TrainingInterrupted as error:
+                print(f"STOPPED: {error}", file=sys.stderr)
+                return EXIT_RESUMABLE
             except CommandFailed as error:
                 print(f"ERROR: {error}", file=sys.stderr)
                 return 1

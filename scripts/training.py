@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
@@ -214,6 +215,77 @@ class ResumableCheckpoint:
             f"(validation included) in {self.segments} segment(s); best {self.key_metric} {self.best_metric:.4f} "
             f"at iteration {self.best_iteration}."
         )
+
+
+# Exit status of `run training` when the time limit stopped it: EX_TEMPFAIL ("try again"), so a job script can tell
+# "re-run to resume" from success (0) and from failure (1).
+EXIT_RESUMABLE = 75
+# torchrun reports a worker's exit 75 as its own failure (exit 1): callers recognise the stop by this log line
+TIME_LIMIT_STOP = "Time limit: stopping at iteration"
+_LOADED_AT = time.monotonic()  # the bundle imports this module first thing: ~ the start of `run training`
+
+
+class TimeLimit:
+    """Ends training cleanly before a wall-time limit (a SLURM allocation, a 10-minute GPU slot), right after a save.
+
+    At the end of each validation period (attach after ResumableCheckpoint, which has just written `latest.pt`): if the
+    time since the bundle started plus one more period (the last one's length + 10%; the last, not the longest, so a
+    first period slowed by torch.compile or cuDNN warm-up does not end the run early) would pass `seconds`, the
+    trainer stops without firing COMPLETED. Nothing is lost (a `timeout` kill would discard the partial period) and
+    re-running the same command resumes; `exit_if_stopped_early` then makes the command exit with EXIT_RESUMABLE.
+    Under DDP the ranks agree (max over ranks) so that none waits for the others. `seconds=None` (train.json's
+    default) disables it.
+    """
+
+    def __init__(
+        self, seconds: float | None, clock: Callable[[], float] = time.monotonic, started: float | None = None
+    ):
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"time_limit_s must be positive or null, got {seconds}.")
+        self.seconds = seconds
+        self.clock = clock
+        self.started = _LOADED_AT if started is None else started
+        self._period_start = self.started
+
+    def attach(self, trainer: Engine) -> None:
+        if self.seconds is None:
+            return
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._start_period)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._check)
+
+    def _start_period(self, trainer: Engine) -> None:
+        self._period_start = self.clock()
+
+    def _check(self, trainer: Engine) -> None:
+        now = self.clock()
+        next_period = 1.1 * (now - self._period_start)
+        stop = now - self.started + next_period > self.seconds
+        if idist.get_world_size() > 1:
+            stop = bool(idist.all_reduce(int(stop), op="MAX"))
+        if stop and trainer.state.epoch < trainer.state.max_epochs:
+            trainer.state.stopped_by_time_limit = True
+            if is_main_process():
+                self._log_stop(trainer, now, next_period)
+            trainer.terminate(skip_completed=True)
+
+    def _log_stop(self, trainer: Engine, now: float, next_period: float) -> None:
+        logger.info(
+            f"{TIME_LIMIT_STOP} {trainer.state.iteration} of "
+            f"{trainer.state.max_epochs * trainer.state.epoch_length} after {now - self.started:.0f} s of "
+            f"{self.seconds:.0f} s (the next validation period would take ~{next_period:.0f} s); latest.pt is "
+            "saved, re-run the same command to resume."
+        )
+
+
+def exit_if_stopped_early(trainer: Engine) -> None:
+    """After `trainer.run()` in the config's run list: exit with EXIT_RESUMABLE when TimeLimit stopped the run.
+
+    Under DDP the ranks leave together (a barrier first): torchrun terminates the other workers as soon as one exits,
+    which must not cut rank 0 short of its log line."""
+    if getattr(trainer.state, "stopped_by_time_limit", False):
+        if idist.get_world_size() > 1:
+            idist.barrier()
+        raise SystemExit(EXIT_RESUMABLE)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -67,6 +67,21 @@ def test_a_failing_run_stops_with_its_log_and_keeps_finished_ones(compared, tmp_
     assert (runs / "comparison.md").read_text() == table_before  # only finished networks are tabulated
 
 
+def test_a_time_limited_training_stops_resumably_and_the_rerun_completes_it(compared, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["--networks", "unet", "--out", str(runs), *DEMO, "--dataset_dir", str(compared / "phantom"), *TINY]
+    assert compare.main(args + ["--time_limit_s", "1"]) == 75  # start-up alone passes 1 s: stops after period 1
+    assert "STOPPED: training of unet stopped by its time limit at iteration 2" in capsys.readouterr().err
+    record = json.loads((runs / "unet" / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["iteration"] == 2 and record["segments"] == 1
+
+    assert compare.main(args) == 0
+    record = json.loads((runs / "unet" / "run.json").read_text())
+    assert record["status"] == "done" and record["iteration"] == 4 and record["segments"] == 2
+    assert record["iterations_trained"] == 2  # by the resuming command; train_seconds covers both
+    assert record["train_img_per_s"] == pytest.approx(4 * 2 / record["train_seconds"])
+
+
 def test_command_line_is_checked_and_overrides_parsed():
     with pytest.raises(SystemExit):
         compare.main(["--networks", "no_such_net"])

@@ -280,6 +280,31 @@ def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(tmp_path, phantom):
     )
 
 
+def test_time_limit_ends_the_command_resumably_and_the_rerun_finishes(tmp_path, phantom):
+    work = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", config_list("train.json", "demo.json"), *TINY_NET_ARGS,
+        "--bundle_root", str(BUNDLE_ROOT), "--dataset_dir", str(phantom), "--ckpt_dir", str(work / "models"),
+        "--output_dir", str(work / "eval"), "--log_dir", str(work / "logs"), "--max_iterations", "4",
+        "--val_interval", "2", "--batch_size", "2", "--patch_size", "[32,32]", "--num_workers", "0",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), OMP_NUM_THREADS="1")
+    # 1 s: start-up alone passes it, so the run stops after its first validation period, right after the save
+    first = subprocess.run(args + ["--time_limit_s", "1"], cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True)
+    log = first.stdout + first.stderr
+    assert first.returncode == 75, log[-3000:]
+    assert "Time limit: stopping at iteration 2 of 4" in log and "Training finished" not in log, log[-3000:]
+    assert _latest(work / "models")["iteration"] == 2
+
+    rerun = subprocess.run(args, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True)
+    log = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, log[-3000:]
+    assert "Training finished at iteration 4" in log and "in 2 segment(s)" in log, log[-3000:]
+    final = _latest(work / "models")
+    assert final["iteration"] == 4 and final["segments"] == 2 and final["train_seconds"] > 0
+
+
 # ------------------------------------------------------------------------------------------------ reproducibility --
 
 

@@ -6,7 +6,15 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.training import ResumableCheckpoint, atomic_torch_save, timestamped_dir, validation_periods
+from scripts.training import (
+    EXIT_RESUMABLE,
+    ResumableCheckpoint,
+    TimeLimit,
+    atomic_torch_save,
+    exit_if_stopped_early,
+    timestamped_dir,
+    validation_periods,
+)
 
 
 def test_validation_periods():
@@ -31,8 +39,9 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"], "a temporary file was left behind"
 
 
-def _tiny_training(ckpt_dir, metrics, max_epochs, resume=True):
-    """A 2-iterations-per-epoch trainer whose 'validator' reports the next value of `metrics` each epoch."""
+def _tiny_training(ckpt_dir, metrics, max_epochs, resume=True, time_limit=None, clock=None):
+    """A 2-iterations-per-epoch trainer whose 'validator' reports the next value of `metrics` each epoch; `time_limit`
+    (a TimeLimit) is attached after the checkpoint handler, as in train.json; each iteration adds 5 s to `clock[0]`."""
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -44,6 +53,8 @@ def _tiny_training(ckpt_dir, metrics, max_epochs, resume=True):
         loss.backward()
         opt.step()
         sched.step()
+        if clock is not None:
+            clock[0] += 5.0
         return loss.item()
 
     trainer, validator = Engine(step), Engine(lambda e, b: None)
@@ -56,6 +67,8 @@ def _tiny_training(ckpt_dir, metrics, max_epochs, resume=True):
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0]))
     ckpt = ResumableCheckpoint(str(ckpt_dir), net, opt, sched, validator, resume=resume)
     ckpt.attach(trainer)
+    if time_limit is not None:
+        time_limit.attach(trainer)
     trainer.run([torch.randn(4, 3) for _ in range(2)], max_epochs=max_epochs)
     return net, opt, sched, trainer, ckpt
 
@@ -96,6 +109,24 @@ def test_training_time_adds_up_over_resumed_segments(tmp_path, monkeypatch):
     torch.save(latest, tmp_path / "latest.pt")
     *_, ckpt3 = _tiny_training(tmp_path, [0.4], max_epochs=6)
     assert ckpt3.train_seconds == 1.0 and ckpt3.segments == 2
+
+
+def test_time_limit_stops_right_after_a_save_and_the_rerun_finishes(tmp_path):
+    now = [0.0]  # a validation period "takes" 10 s
+    limit = TimeLimit(35.0, clock=lambda: now[0], started=0.0)
+    *_, trainer, ckpt = _tiny_training(tmp_path, [0.5, 0.6, 0.7, 0.8, 0.9], max_epochs=5, time_limit=limit, clock=now)
+    # after period 3 (t = 30 s) the next period (10 s) would end past 35 s: stop there, latest.pt at iteration 6
+    assert trainer.state.iteration == 6 and trainer.state.stopped_by_time_limit
+    assert torch.load(tmp_path / "latest.pt", weights_only=True)["iteration"] == 6
+    with pytest.raises(SystemExit) as stopped:
+        exit_if_stopped_early(trainer)
+    assert stopped.value.code == EXIT_RESUMABLE
+
+    *_, trainer2, ckpt2 = _tiny_training(tmp_path, [0.4, 0.3], max_epochs=5, time_limit=TimeLimit(None))
+    assert trainer2.state.iteration == 10 and ckpt2.best_metric == 0.7
+    exit_if_stopped_early(trainer2)  # finished: no exit
+    with pytest.raises(ValueError, match="positive or null"):
+        TimeLimit(0)
 
 
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):

@@ -236,15 +236,20 @@ def _latest(ckpt_dir: Path) -> dict | None:
         return None
 
 
-def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(tmp_path, phantom):
-    work = tmp_path / "run"
-    args = [
+def _training_command(work: Path, phantom: Path, max_iterations: int) -> list[str]:
+    """`run training` of the tiny network on the phantom, 32x32, batch 2, validation every 2 iterations, in `work`."""
+    return [
         sys.executable, "-m", "monai.bundle", "run", "training",
         "--config_file", config_list("train.json", "demo.json"), *TINY_NET_ARGS,
         "--bundle_root", str(BUNDLE_ROOT), "--dataset_dir", str(phantom), "--ckpt_dir", str(work / "models"),
-        "--output_dir", str(work / "eval"), "--log_dir", str(work / "logs"), "--max_iterations", "16",
+        "--output_dir", str(work / "eval"), "--log_dir", str(work / "logs"), "--max_iterations", str(max_iterations),
         "--val_interval", "2", "--batch_size", "2", "--patch_size", "[32,32]", "--num_workers", "0",
     ]  # fmt: skip
+
+
+def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(tmp_path, phantom):
+    work = tmp_path / "run"
+    args = _training_command(work, phantom, max_iterations=16)
     env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(tmp_path / "first.log", "w") as log:
         process = subprocess.Popen(args, cwd=BUNDLE_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -282,13 +287,7 @@ def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(tmp_path, phantom):
 
 def test_time_limit_ends_the_command_resumably_and_the_rerun_finishes(tmp_path, phantom):
     work = tmp_path / "run"
-    args = [
-        sys.executable, "-m", "monai.bundle", "run", "training",
-        "--config_file", config_list("train.json", "demo.json"), *TINY_NET_ARGS,
-        "--bundle_root", str(BUNDLE_ROOT), "--dataset_dir", str(phantom), "--ckpt_dir", str(work / "models"),
-        "--output_dir", str(work / "eval"), "--log_dir", str(work / "logs"), "--max_iterations", "4",
-        "--val_interval", "2", "--batch_size", "2", "--patch_size", "[32,32]", "--num_workers", "0",
-    ]  # fmt: skip
+    args = _training_command(work, phantom, max_iterations=4)
     env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), OMP_NUM_THREADS="1")
     # 1 s: start-up alone passes it, so the run stops after its first validation period, right after the save
     first = subprocess.run(args + ["--time_limit_s", "1"], cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True)

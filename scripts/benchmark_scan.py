@@ -12,7 +12,8 @@ a stage gets its own input set, so repeated calls do not time the L2 cache. Timi
 sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
---sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first.
+--sweep times a few configurations of the Triton kernels first (chunk length, BLOCK_D, num_warps, forward kind,
+channels per backward program, dB/dC reduction).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--check", action="store_true", help="print errors against mamba-ssm first")
-    parser.add_argument("--sweep", action="store_true", help="time tile configurations of the Triton kernels first")
+    parser.add_argument("--sweep", action="store_true", help="time configurations of the Triton kernels first")
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not triton_scan.triton_available():
@@ -184,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         whole = (time_backend(fn, None, False), time_backend(fn, None, True))
         lines.append(_row(name, "16 in a row", whole[0], None, whole[1], None, baseline.get("row")))
         baseline.setdefault("row", whole)
-    print(f"batch {args.batch}, {args.dtype} inputs, H100 timings: median of {args.steps} after {args.warmup} warm-up")
+    device = torch.cuda.get_device_name()
+    print(f"batch {args.batch}, {args.dtype} inputs, {device}: median of {args.steps} after {args.warmup} warm-up")
     print("\n".join(lines))
 
 
@@ -199,14 +201,32 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
 
 
 def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
-    """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
-    BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward tiles (BLOCK_D, BLOCK_L, num_warps)."""
-    names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
-    names += ("BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
+    """Time configurations of the version-2 kernels on the whole 16-scan step, one line each.
+
+    Forward (inference path): output kernel kind, chunk length, BLOCK_D, num_warps. Forward+backward (training
+    path; the forward runs at the backward's chunk length): chunk length, BLOCK_D, channels per program, num_warps,
+    dB/dC reduction. 12 rows; every row is a few kernel compiles plus 25 timed 16-scan steps."""
+    names = ("FWD_KIND", "FWD_CHUNK", "FWD_BLOCK_D", "FWD_WARPS", "FWD_TILE_BLOCK_D", "FWD_TILE_T", "FWD_TILE_WARPS")
+    names += ("BWD_CHUNK", "BWD_BLOCK_D", "BWD_D_PER_PROGRAM", "BWD_WARPS", "BWD_BC_REDUCE")
     saved = {name: getattr(triton_scan, name) for name in names}
-    fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
-    fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
-    bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
+    # (kind, chunk, BLOCK_D, num_warps, tile length for "tile")
+    fwd_configs = [
+        ("seq", 128, 16, 4, None),
+        ("seq", 64, 16, 4, None),
+        ("seq", 256, 16, 4, None),
+        ("seq", 128, 32, 4, None),
+        ("tile", 128, 4, 4, 32),
+        ("tile", 128, 4, 8, 64),
+    ]
+    # (chunk, BLOCK_D, channels per program, num_warps, dB/dC reduction)
+    bwd_configs = [
+        (64, 2, 16, 8, "partial"),
+        (64, 2, 16, 8, "atomic"),
+        (64, 1, 16, 4, "partial"),
+        (32, 2, 16, 4, "partial"),
+        (32, 4, 32, 8, "partial"),
+        (128, 1, 16, 8, "partial"),
+    ]
     fn = triton_scan.triton_selective_scan
 
     def timed(label: str, backward: bool) -> None:
@@ -215,29 +235,24 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
 
-    for kind, block_d, block_l_or_unroll, warps in fwd_configs:
-        triton_scan.FWD_KIND = kind
-        if kind == "tile":
-            triton_scan.FWD_BLOCK_D, triton_scan.FWD_BLOCK_L, triton_scan.FWD_WARPS = block_d, block_l_or_unroll, warps
+    for kind, chunk, block_d, warps, tile_t in fwd_configs:
+        triton_scan.FWD_KIND, triton_scan.FWD_CHUNK = kind, chunk
+        if kind == "seq":
+            triton_scan.FWD_BLOCK_D, triton_scan.FWD_WARPS = block_d, warps
         else:
-            triton_scan.FWD_SEQ_BLOCK_D, triton_scan.FWD_UNROLL, triton_scan.FWD_SEQ_WARPS = (
-                block_d,
-                block_l_or_unroll,
-                warps,
-            )
-        timed(f"fwd {kind} {(block_d, block_l_or_unroll, warps)}", False)
-    triton_scan.FWD_KIND = saved["FWD_KIND"]
-    for seq_fwd in (False, True):  # the training forward with the tile kernel or the seq kernel
-        triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"
-        for config in bwd_configs:
-            triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
-            timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config}", True)
-    # Diagnostic: the same without the dB/dC atomics (wrong dB, dC), to see what the cross-program reduction costs.
-    triton_scan.BWD_REDUCE_BC = False
-    for config in bwd_configs[:3]:
-        triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
-        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
-    triton_scan.BWD_REDUCE_BC = True
+            triton_scan.FWD_TILE_BLOCK_D, triton_scan.FWD_TILE_WARPS, triton_scan.FWD_TILE_T = block_d, warps, tile_t
+        tile = f" tile {tile_t}" if kind == "tile" else ""
+        timed(f"fwd {kind} chunk {chunk} BLOCK_D {block_d} warps {warps}{tile}", False)
+    for name in names[:7]:  # the backward rows use the default forward
+        setattr(triton_scan, name, saved[name])
+    for chunk, block_d, per_program, warps, reduce in bwd_configs:
+        triton_scan.BWD_CHUNK, triton_scan.BWD_BLOCK_D, triton_scan.BWD_D_PER_PROGRAM = chunk, block_d, per_program
+        triton_scan.BWD_WARPS, triton_scan.BWD_BC_REDUCE = warps, reduce
+        timed(
+            f"fwd+bwd ({triton_scan.FWD_KIND} fwd) chunk {chunk} BLOCK_D {block_d} per program {per_program} "
+            f"warps {warps} dB/dC {reduce}",
+            True,
+        )
     for name, value in saved.items():
         setattr(triton_scan, name, value)
 

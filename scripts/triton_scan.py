@@ -54,13 +54,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 # shorter than a chunk gets one chunk of the next power of two >= L (at least 16).
 FWD_CHUNK = 128  # positions per program of the inference forward
 BWD_CHUNK = 64  # positions per backward program (one [BWD_BLOCK_D, N, BWD_CHUNK] tile); the training forward's chunk
-# Forward output kernel: "seq" (one position per step, FWD_UNROLL-unrolled) or "tile" (associative scan over
-# FWD_TILE_T positions at a time); FWD_BLOCK_D channels per program.
-FWD_KIND, FWD_BLOCK_D, FWD_WARPS, FWD_UNROLL, FWD_TILE_T = "seq", 16, 4, 4, 64
+# Forward output kernel: "seq" (one position per step, FWD_UNROLL-unrolled, FWD_BLOCK_D channels) or "tile"
+# (associative scan over [FWD_TILE_BLOCK_D, N, FWD_TILE_T] tiles).
+FWD_KIND, FWD_BLOCK_D, FWD_WARPS, FWD_UNROLL = "seq", 16, 4, 4
+FWD_TILE_BLOCK_D, FWD_TILE_T, FWD_TILE_WARPS = 4, 32, 4
 # Chunk-summary kernel (forward and backward): SUM_BLOCK_D channels x SUM_BLOCK_T positions per step.
-SUM_BLOCK_D, SUM_BLOCK_T, SUM_WARPS = 8, 64, 4
+SUM_BLOCK_D, SUM_BLOCK_T, SUM_WARPS = 4, 64, 4
 # Backward: BWD_D_PER_PROGRAM channels per program, BWD_BLOCK_D per tile; dB/dC reduction "partial" or "atomic".
-BWD_BLOCK_D, BWD_D_PER_PROGRAM, BWD_WARPS, BWD_BC_REDUCE = 2, 16, 4, "partial"
+BWD_BLOCK_D, BWD_D_PER_PROGRAM, BWD_WARPS, BWD_BC_REDUCE = 2, 16, 8, "partial"
+# Register budget (ptxas for sm_90, Triton 3.9): the tile kernels need ~150 registers/thread at 8 values of a
+# [BLOCK_D, N, T] tile per thread (BLOCK_D * 16 * T / (32 * warps)) and hit the 255 cap, spilling past it, at 16.
+# The defaults keep 8: backward 2 x 16 x 64 over 8 warps, tile forward 4 x 16 x 32 over 4 warps (96 registers).
 CARRY_BLOCK, CARRY_WARPS = 256, 4  # carry kernel: (channel, state) pairs per program
 
 
@@ -565,7 +569,7 @@ def _forward(
     seq = FWD_KIND == "seq"
     if FWD_KIND not in ("seq", "tile"):
         raise ValueError(f"triton_scan.FWD_KIND must be 'seq' or 'tile', got {FWD_KIND!r}")
-    block_d = _block_d(per_group, FWD_BLOCK_D)
+    block_d = _block_d(per_group, FWD_BLOCK_D if seq else FWD_TILE_BLOCK_D)
     n_dblocks = dim // block_d
     _chunk_output_kernel[(_check_grid(n_dblocks * n_chunks * batch),)](
         u,
@@ -602,7 +606,7 @@ def _forward(
         BLOCK_T=min(_next_pow2(FWD_TILE_T), chunk),
         CHUNK=chunk,
         UNROLL=FWD_UNROLL,
-        num_warps=FWD_WARPS,
+        num_warps=FWD_WARPS if seq else FWD_TILE_WARPS,
     )
     return y, starts
 

@@ -220,12 +220,12 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
     ]
     # (chunk, BLOCK_D, channels per program, num_warps, dB/dC reduction)
     bwd_configs = [
+        (64, 2, 64, 8, "partial"),
+        (64, 2, 64, 8, "atomic"),
         (64, 2, 16, 8, "partial"),
-        (64, 2, 16, 8, "atomic"),
-        (64, 1, 16, 4, "partial"),
-        (32, 2, 16, 4, "partial"),
-        (32, 4, 32, 8, "partial"),
-        (128, 1, 16, 8, "partial"),
+        (64, 1, 64, 4, "partial"),
+        (32, 2, 64, 4, "partial"),
+        (128, 1, 64, 8, "partial"),
     ]
     fn = triton_scan.triton_selective_scan
 

@@ -25,10 +25,12 @@ on a [BLOCK_D, N, T] tile and produces du, ddelta and per-program partial sums o
 The training forward uses the backward's chunk length, so its saved chunk starts are the backward's.
 
 dB and dC are sums over a group's channels: a backward program loops over BWD_D_PER_PROGRAM channels (BWD_BLOCK_D at a
-time) to reduce them in registers first, then writes one partial per channel block ("partial", summed by torch, the
-default: deterministic and as few bytes as the atomics at these block counts) or adds it with fp32 atomics
-("atomic"). dA, dD, d(delta_bias) go through (batch, n_chunks, dim[, N]) partial buffers summed by torch: with ~50
-chunks per sequence, atomics on so few addresses would serialise.
+time) to reduce them in registers first, then either writes one partial per channel block, summed by torch
+("partial", the default: deterministic gradients; the partials are N / BWD_D_PER_PROGRAM = 1/4 of u's size each,
+one extra write and read) or adds it with fp32 atomics ("atomic": no extra DRAM round trip, but group size / 64 =
+3..24 adds per address serialise in L2); scripts/benchmark_scan.py --sweep times both. dA, dD, d(delta_bias) go
+through (batch, n_chunks, dim[, N]) partial buffers summed by torch: atomics from ~1,000 (batch, chunk) programs on
+the same dim x N addresses would serialise.
 
 Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
 """
@@ -61,7 +63,9 @@ FWD_TILE_BLOCK_D, FWD_TILE_T, FWD_TILE_WARPS = 4, 32, 4
 # Chunk-summary kernel (forward and backward): SUM_BLOCK_D channels x SUM_BLOCK_T positions per step.
 SUM_BLOCK_D, SUM_BLOCK_T, SUM_WARPS = 4, 64, 4
 # Backward: BWD_D_PER_PROGRAM channels per program, BWD_BLOCK_D per tile; dB/dC reduction "partial" or "atomic".
-BWD_BLOCK_D, BWD_D_PER_PROGRAM, BWD_WARPS, BWD_BC_REDUCE = 2, 16, 8, "partial"
+BWD_BLOCK_D, BWD_D_PER_PROGRAM, BWD_WARPS, BWD_BC_REDUCE = 2, 64, 8, "partial"
+# Fewer channels per program (halving) while the backward has fewer programs than this (short sequences, few chunks).
+BWD_MIN_PROGRAMS = 8192
 # Register budget (ptxas for sm_90, Triton 3.9): the tile kernels need ~150 registers/thread at 8 values of a
 # [BLOCK_D, N, T] tile per thread (BLOCK_D * 16 * T / (32 * warps)) and hit the 255 cap, spilling past it, at 16.
 # The defaults keep 8: backward 2 x 16 x 64 over 8 warps, tile forward 4 x 16 x 32 over 4 warps (96 registers).
@@ -637,6 +641,9 @@ def _backward(
     atomic = BWD_BC_REDUCE == "atomic"
     block_d = _block_d(per_group, BWD_BLOCK_D)
     per_program = _block_d(per_group, max(BWD_D_PER_PROGRAM, block_d))
+    # Short sequences have few chunks: there, programs matter more than the (then small) dB/dC partials.
+    while per_program > block_d and (dim // per_program) * n_chunks * batch < BWD_MIN_PROGRAMS:
+        per_program //= 2
     n_dblocks = dim // per_program
     n_bc_blocks = 1 if atomic else per_group // per_program
     device, f32 = u.device, torch.float32

@@ -147,6 +147,7 @@ def test_interpreter_chunk_boundaries(monkeypatch, length, chunk, forward_kind, 
         monkeypatch.setattr(triton_scan, name, value)
     monkeypatch.setattr(triton_scan, "BWD_BLOCK_D", 1)
     monkeypatch.setattr(triton_scan, "BWD_D_PER_PROGRAM", 2)
+    monkeypatch.setattr(triton_scan, "BWD_MIN_PROGRAMS", 0)
     inputs = make_inputs(5, 1, 8, length, 12, 2, torch.float32)
     dy = torch.randn(1, 8, length, generator=torch.Generator().manual_seed(6))
     compare_with_torch_scan(inputs, dy, 1e-5)

@@ -12,8 +12,8 @@ a stage gets its own input set, so repeated calls do not time the L2 cache. Timi
 sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
---sweep times a few configurations of the Triton kernels first (chunk length, BLOCK_D, num_warps, forward kind,
-channels per backward program, dB/dC reduction).
+--sweep times the forward candidates first (version 3 variants, version 2's best) and the training path with either
+forward (the backward is version 2's).
 """
 
 from __future__ import annotations
@@ -201,58 +201,45 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
 
 
 def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
-    """Time configurations of the version-2 kernels on the whole 16-scan step, one line each.
+    """Time the forward candidates (version 3 variants and version 2's best) and two training paths on the whole
+    16-scan step, one line each (9 rows; every row is a few kernel compiles plus 25 timed 16-scan steps).
 
-    Forward (inference path): output kernel kind, chunk length, BLOCK_D, num_warps. Forward+backward (training
-    path; the forward runs at the backward's chunk length): chunk length, BLOCK_D, channels per program, num_warps,
-    dB/dC reduction. 12 rows; every row is a few kernel compiles plus 25 timed 16-scan steps."""
-    names = ("FWD_KIND", "FWD_CHUNK", "FWD_BLOCK_D", "FWD_WARPS", "FWD_TILE_BLOCK_D", "FWD_TILE_T", "FWD_TILE_WARPS")
+    Forward (inference path), FWD_KIND "v3": V3_WARPS, V3_N_SPLIT (threads per channel), V3_FWD_CHUNK (None =
+    adaptive, 0 = whole sequence), V3_TILED; "seq" = version 2's best row (chunk 128, BLOCK_D 32). Forward+backward
+    (training; the version-2 backward in both): v3 forward vs v2 seq forward at the backward's chunk length."""
+    names = ("FWD_KIND", "FWD_CHUNK", "FWD_BLOCK_D", "FWD_WARPS", "V3_WARPS", "V3_N_SPLIT", "V3_FWD_CHUNK", "V3_TILED")
     names += ("BWD_CHUNK", "BWD_BLOCK_D", "BWD_D_PER_PROGRAM", "BWD_WARPS", "BWD_BC_REDUCE")
     saved = {name: getattr(triton_scan, name) for name in names}
-    # (kind, chunk, BLOCK_D, num_warps, tile length for "tile")
-    fwd_configs = [
-        ("seq", 128, 16, 4, None),
-        ("seq", 64, 16, 4, None),
-        ("seq", 256, 16, 4, None),
-        ("seq", 128, 32, 4, None),
-        ("tile", 128, 4, 4, 32),
-        ("tile", 128, 4, 8, 64),
+    fwd_configs = [  # (label, settings)
+        ("v3 default (1 warp, 1 thread/channel, adaptive chunks, tiles)", {}),
+        ("v3 whole sequence (no chunks)", {"V3_FWD_CHUNK": 0}),
+        ("v3 4 warps/program", {"V3_WARPS": 4}),
+        ("v3 2 threads/channel", {"V3_N_SPLIT": 2}),
+        ("v3 untiled (one position per load)", {"V3_TILED": False}),
+        ("v2 seq chunk 128 BLOCK_D 32 warps 4", {"FWD_KIND": "seq", "FWD_CHUNK": 128, "FWD_BLOCK_D": 32}),
     ]
-    # (chunk, BLOCK_D, channels per program, num_warps, dB/dC reduction)
-    bwd_configs = [
-        (64, 2, 64, 8, "partial"),
-        (64, 2, 64, 8, "atomic"),
-        (64, 2, 16, 8, "partial"),
-        (64, 1, 64, 4, "partial"),
-        (32, 2, 64, 4, "partial"),
-        (128, 1, 64, 8, "partial"),
+    bwd_configs = [  # (label, settings); the backward is version 2's in all rows
+        ("v3 fwd, v2 bwd chunk 64 BLOCK_D 2 per program 64 warps 8", {}),
+        ("v3 fwd, v2 bwd chunk 32 BLOCK_D 2 per program 64 warps 4", {"BWD_CHUNK": 32, "BWD_WARPS": 4}),
+        ("v2 seq fwd, v2 bwd chunk 32 BLOCK_D 2 per program 64 warps 4",
+         {"FWD_KIND": "seq", "BWD_CHUNK": 32, "BWD_WARPS": 4}),
     ]
     fn = triton_scan.triton_selective_scan
 
-    def timed(label: str, backward: bool) -> None:
+    def timed(label: str, settings: dict, backward: bool) -> None:
+        for name, value in saved.items():
+            setattr(triton_scan, name, value)
+        for name, value in settings.items():
+            setattr(triton_scan, name, value)
         try:
-            print(f"sweep {label}: {time_backend(fn, None, backward):.3f} ms", flush=True)
+            print(f"sweep {'fwd+bwd' if backward else 'fwd'} {label}: {time_backend(fn, None, backward):.3f} ms", flush=True)
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
 
-    for kind, chunk, block_d, warps, tile_t in fwd_configs:
-        triton_scan.FWD_KIND, triton_scan.FWD_CHUNK = kind, chunk
-        if kind == "seq":
-            triton_scan.FWD_BLOCK_D, triton_scan.FWD_WARPS = block_d, warps
-        else:
-            triton_scan.FWD_TILE_BLOCK_D, triton_scan.FWD_TILE_WARPS, triton_scan.FWD_TILE_T = block_d, warps, tile_t
-        tile = f" tile {tile_t}" if kind == "tile" else ""
-        timed(f"fwd {kind} chunk {chunk} BLOCK_D {block_d} warps {warps}{tile}", False)
-    for name in names[:7]:  # the backward rows use the default forward
-        setattr(triton_scan, name, saved[name])
-    for chunk, block_d, per_program, warps, reduce in bwd_configs:
-        triton_scan.BWD_CHUNK, triton_scan.BWD_BLOCK_D, triton_scan.BWD_D_PER_PROGRAM = chunk, block_d, per_program
-        triton_scan.BWD_WARPS, triton_scan.BWD_BC_REDUCE = warps, reduce
-        timed(
-            f"fwd+bwd ({triton_scan.FWD_KIND} fwd) chunk {chunk} BLOCK_D {block_d} per program {per_program} "
-            f"warps {warps} dB/dC {reduce}",
-            True,
-        )
+    for label, settings in fwd_configs:
+        timed(label, settings, False)
+    for label, settings in bwd_configs:
+        timed(label, settings, True)
     for name, value in saved.items():
         setattr(triton_scan, name, value)
 

@@ -1,5 +1,5 @@
-"""Triton selective scan (S6) for Mamba-UNet's SS2D, version 2 (chunk-parallel): forward and hand-written backward,
-fp32 state, any float I/O.
+"""Triton selective scan (S6) for Mamba-UNet's SS2D: forward version 3 (default, FWD_KIND = "v3") or version 2
+("seq"/"tile"), hand-written version-2 backward, fp32 state, any float I/O.
 
 Computes mamba-ssm's ``selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias, delta_softplus=True)`` with grouped
 B/C: ``dt = softplus(delta + delta_bias)``; ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t`` (``h_{-1} = 0``);
@@ -32,6 +32,15 @@ one extra write and read) or adds it with fp32 atomics ("atomic": no extra DRAM 
 through (batch, n_chunks, dim[, N]) partial buffers summed by torch: atomics from ~1,000 (batch, chunk) programs on
 the same dim x N addresses would serialise.
 
+Forward version 3 (``_v3_fwd_kernel``; static analysis only, not yet measured): one thread per channel holding all
+N states in registers (a [N, BLOCK_D] state with BLOCK_D = 32 * V3_WARPS / V3_N_SPLIT: the sum over N for y needs no
+shuffle), the recurrence one position at a time. Where rows are 16-byte aligned (L % 16 == 0) u, delta, y move as
+[T, BLOCK_D] tiles with the T = 4 positions inside the thread (one 16-byte access per 4 positions) and B, C as
+[N, T, BLOCK_D] broadcast tiles; a position is taken out of a tile by a where/sum over the in-thread axis (filler
+-0.0, so it folds to a register move). Elsewhere (L = 196, 49) one position per load. Long sequences that would give
+fewer than V3_MIN_WARPS warps are split into chunks as above (a summary launch of the same kernel without C/y, v2's
+carry, the output launch); the training forward runs at BWD_CHUNK for the version-2 backward.
+
 Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
 """
 
@@ -58,7 +67,7 @@ FWD_CHUNK = 128  # positions per program of the inference forward
 BWD_CHUNK = 64  # positions per backward program (one [BWD_BLOCK_D, N, BWD_CHUNK] tile); the training forward's chunk
 # Forward output kernel: "seq" (one position per step, FWD_UNROLL-unrolled, FWD_BLOCK_D channels) or "tile"
 # (associative scan over [FWD_TILE_BLOCK_D, N, FWD_TILE_T] tiles).
-FWD_KIND, FWD_BLOCK_D, FWD_WARPS, FWD_UNROLL = "seq", 16, 4, 4
+FWD_KIND, FWD_BLOCK_D, FWD_WARPS, FWD_UNROLL = "v3", 16, 4, 4
 FWD_TILE_BLOCK_D, FWD_TILE_T, FWD_TILE_WARPS = 4, 32, 4
 # Chunk-summary kernel (forward and backward): SUM_BLOCK_D channels x SUM_BLOCK_T positions per step.
 SUM_BLOCK_D, SUM_BLOCK_T, SUM_WARPS = 4, 64, 4
@@ -70,6 +79,15 @@ BWD_MIN_PROGRAMS = 8192
 # [BLOCK_D, N, T] tile per thread (BLOCK_D * 16 * T / (32 * warps)) and hit the 255 cap, spilling past it, at 16.
 # The defaults keep 8: backward 2 x 16 x 64 over 8 warps, tile forward 4 x 16 x 32 over 4 warps (96 registers).
 CARRY_BLOCK, CARRY_WARPS = 256, 4  # carry kernel: (channel, state) pairs per program
+# Version 3 forward (FWD_KIND = "v3"): 32 * V3_WARPS threads per program, V3_N_SPLIT threads per channel (each holds
+# N / V3_N_SPLIT states; 1 = all 16 states in one thread, no cross-thread sum for y), V3_T positions per tile load.
+# Inference chunks: V3_FWD_CHUNK positions (0 = whole sequence), or None = whole sequence unless that gives fewer than
+# V3_MIN_WARPS warps in all (stage 0 at batch 24: 576 warps for 528 SM sub-partitions), then the fewest chunks that
+# reach it. Training runs it at BWD_CHUNK (the version-2 backward needs its chunk starts).
+V3_WARPS, V3_N_SPLIT, V3_T = 1, 1, 4
+V3_TILED = True  # tile loads where rows are 16-byte aligned (L % 16 == 0); False: one position at a time always
+V3_FWD_CHUNK: int | None = None
+V3_MIN_WARPS = 2112  # 4 warps per sub-partition of an H100/H200 (132 SMs x 4)
 
 
 def triton_available() -> bool:
@@ -313,6 +331,208 @@ if triton is not None:
                     y += d_skip[:, None] * u
                 tl.store(y_rows + pos[None, :], y.to(y_ptr.dtype.element_ty), mask=pos_ok[None, :])
                 h = tl.sum(tl.where(positions[None, None, :] == BLOCK_T - 1, h_all, 0.0), axis=2)
+
+    @triton.jit
+    def _v3_tile(
+        h,
+        total,
+        a_log2,
+        bias,
+        d_skip,
+        u_rows,
+        delta_rows,
+        y_rows,
+        b_rows,
+        c_rows,
+        state_ok,
+        base,
+        length,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SUMMARY: tl.constexpr,
+        MASKED: tl.constexpr,
+        TILED: tl.constexpr,
+        T: tl.constexpr,
+    ):
+        """Version 3: T positions from base for the [N_PAD, BLOCK_D] state h (every thread holds all the states of
+        its channel); returns h after them and total + their dt. u, delta, y move as [T, BLOCK_D] tiles (positions
+        inside the thread: one 16-byte access per T = 4 positions), B and C as [N_PAD, T, BLOCK_D] tiles (the same
+        addresses for all channels: broadcast loads, 16 bytes each); position t is taken out of a tile with a
+        where/sum over the in-thread axis whose filler is -0.0, so that it folds to a register move after unrolling."""
+        if not TILED:
+            # Rows not 16-byte aligned (L % 16 != 0): a [T, BLOCK_D] tile would get a layout with T across threads
+            # (shuffles, spills), so each position is loaded on its own ([BLOCK_D] and [N_PAD, BLOCK_D] vectors).
+            zero2 = tl.zeros_like(a_log2).to(tl.int32)
+            for t in tl.static_range(T):
+                p = base + t
+                if MASKED:
+                    ok_t = (zero2 + p) < length
+                    ok_d = (tl.zeros_like(bias).to(tl.int32) + p) < length
+                    u_t = tl.load(u_rows + p, mask=ok_d, other=0.0).to(tl.float32)
+                    delta_t = tl.load(delta_rows + p, mask=ok_d, other=0.0).to(tl.float32)
+                    b_t = tl.load(b_rows[:, None] + p + zero2, mask=state_ok[:, None] & ok_t, other=0.0)
+                else:
+                    u_t = tl.load(u_rows + p).to(tl.float32)
+                    delta_t = tl.load(delta_rows + p).to(tl.float32)
+                    b_t = tl.load(b_rows[:, None] + p + zero2, mask=state_ok[:, None], other=0.0)
+                if HAS_BIAS:
+                    delta_t += bias
+                dt_t = _softplus(delta_t)
+                if MASKED:
+                    dt_t = tl.where(ok_d, dt_t, 0.0)
+                total += dt_t
+                h = tl.exp2(a_log2 * dt_t[None, :]) * h + b_t.to(tl.float32) * (dt_t * u_t)[None, :]
+                if not SUMMARY:
+                    if MASKED:
+                        c_t = tl.load(c_rows[:, None] + p + zero2, mask=state_ok[:, None] & ok_t, other=0.0)
+                    else:
+                        c_t = tl.load(c_rows[:, None] + p + zero2, mask=state_ok[:, None], other=0.0)
+                    y_t = tl.sum(h * c_t.to(tl.float32), axis=0)
+                    if HAS_D:
+                        y_t += d_skip * u_t
+                    if MASKED:
+                        tl.store(y_rows + p, y_t.to(y_rows.dtype.element_ty), mask=ok_d)
+                    else:
+                        tl.store(y_rows + p, y_t.to(y_rows.dtype.element_ty))
+            return h, total
+        cols = tl.arange(0, T)
+        pos = base + cols
+        # The zero channel offset makes the B/C tiles [N_PAD, T, BLOCK_D]: every thread loads the same addresses.
+        zero = tl.zeros_like(bias).to(tl.int32)[None, None, :]
+        bc_off = pos[None, :, None] + zero
+        bc_mask = state_ok[:, None, None] & (zero == 0)
+        if MASKED:
+            ok = pos < length
+            bc_mask = bc_mask & ok[None, :, None]
+            u = tl.load(u_rows[None, :] + pos[:, None], mask=ok[:, None], other=0.0).to(tl.float32)
+            delta = tl.load(delta_rows[None, :] + pos[:, None], mask=ok[:, None], other=0.0).to(tl.float32)
+        else:
+            u = tl.load(u_rows[None, :] + pos[:, None]).to(tl.float32)
+            delta = tl.load(delta_rows[None, :] + pos[:, None]).to(tl.float32)
+        b = tl.load(b_rows[:, None, None] + bc_off, mask=bc_mask, other=0.0).to(tl.float32)
+        if not SUMMARY:
+            c = tl.load(c_rows[:, None, None] + bc_off, mask=bc_mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            delta += bias[None, :]
+        dt = _softplus(delta)
+        if MASKED:
+            dt = tl.where(ok[:, None], dt, 0.0)  # decay 1, input 0 past the end
+        dt_u = dt * u
+        total += tl.sum(dt, axis=0)
+        y = tl.zeros_like(u)
+        for t in tl.static_range(T):
+            pick = cols == t
+            dt_t = tl.sum(tl.where(pick[:, None], dt, -0.0), axis=0)
+            dt_u_t = tl.sum(tl.where(pick[:, None], dt_u, -0.0), axis=0)
+            b_t = tl.sum(tl.where(pick[None, :, None], b, -0.0), axis=1)
+            h = tl.exp2(a_log2 * dt_t[None, :]) * h + b_t * dt_u_t[None, :]
+            if not SUMMARY:
+                c_t = tl.sum(tl.where(pick[None, :, None], c, -0.0), axis=1)
+                y = tl.where(pick[:, None], tl.sum(h * c_t, axis=0)[None, :], y)
+        if not SUMMARY:
+            if HAS_D:
+                y += d_skip[None, :] * u
+            if MASKED:
+                tl.store(y_rows[None, :] + pos[:, None], y.to(y_rows.dtype.element_ty), mask=ok[:, None])
+            else:
+                tl.store(y_rows[None, :] + pos[:, None], y.to(y_rows.dtype.element_ty))
+        return h, total
+
+    @triton.jit
+    def _v3_fwd_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        y_ptr,
+        state_ptr,
+        sums_ptr,
+        dim,
+        length,
+        n_state,
+        channels_per_group,
+        n_chunks,
+        grid_chunks,
+        n_dblocks,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_START: tl.constexpr,
+        SUMMARY: tl.constexpr,
+        TILED: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        T: tl.constexpr,
+        CHUNK: tl.constexpr,
+    ):
+        """Version 3 forward, one (channel block, chunk, batch item) per program, one thread per channel (or
+        N_PAD * BLOCK_D / (32 * num_warps) states of it), the recurrence one position at a time in registers.
+
+        CHUNK = 0: the whole sequence. SUMMARY: no C, no y; the chunk's end state from a zero start goes to
+        state_ptr and its dt total to sums_ptr ((batch, n_chunks, dim[, N]), the carry kernel's input; only the
+        first grid_chunks = n_chunks - 1 chunks run). HAS_START: the chunk starts from state_ptr's state.
+        A, the start and the end state go one state at a time ([BLOCK_D] vectors): a [N_PAD, BLOCK_D] access,
+        contiguous along N, would get a vectorised layout that the compiler then carries into the loop."""
+        pid_d, chunk, batch = _program_coords(n_dblocks, grid_chunks)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+        row = (batch * n_chunks + chunk) * dim + chans
+        a_log2 = tl.zeros([N_PAD, BLOCK_D], dtype=tl.float32)
+        h = tl.zeros([N_PAD, BLOCK_D], dtype=tl.float32)
+        for n in tl.static_range(N_PAD):
+            a_n = tl.load(a_ptr + chans * n_state + n, mask=chans * 0 + n < n_state, other=0.0) * 1.4426950408889634
+            a_log2 = tl.where(states[:, None] == n, a_n[None, :], a_log2)
+            if HAS_START:
+                h_n = tl.load(state_ptr + row * n_state + n, mask=chans * 0 + n < n_state, other=0.0)
+                h = tl.where(states[:, None] == n, h_n[None, :], h)
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        u_rows = u_ptr + batch * stride_u_batch + chans * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans * stride_delta_dim
+        y_rows = y_ptr + batch * dim * length + chans * length
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states * stride_c_state
+        if CHUNK == 0:
+            begin = 0
+            end = length
+        else:
+            begin = chunk * CHUNK
+            end = tl.minimum(begin + CHUNK, length)
+        n_full = (end - begin) // T
+        total = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for i in range(0, n_full):
+            h, total = _v3_tile(
+                h, total, a_log2, bias, d_skip, u_rows, delta_rows, y_rows, b_rows, c_rows, state_ok,
+                begin + i * T, length, HAS_D, HAS_BIAS, SUMMARY, False, TILED, T,
+            )
+        if begin + n_full * T < end:
+            h, total = _v3_tile(
+                h, total, a_log2, bias, d_skip, u_rows, delta_rows, y_rows, b_rows, c_rows, state_ok,
+                begin + n_full * T, length, HAS_D, HAS_BIAS, SUMMARY, True, TILED, T,
+            )
+        if SUMMARY:
+            for n in tl.static_range(N_PAD):
+                h_n = tl.sum(tl.where(states[:, None] == n, h, -0.0), axis=0)
+                tl.store(state_ptr + row * n_state + n, h_n, mask=chans * 0 + n < n_state)
+            tl.store(sums_ptr + row, total)
 
     @triton.jit
     def _chunk_bwd_kernel(
@@ -561,6 +781,8 @@ def _forward(
     chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y (u's dtype) and the chunk-start states (None when L fits one chunk) for a power-of-two chunk length."""
+    if FWD_KIND == "v3":
+        return _forward_v3(u, delta, A, B, C, D, delta_bias, chunk)
     batch, dim, length = u.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
@@ -572,7 +794,7 @@ def _forward(
     y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
     seq = FWD_KIND == "seq"
     if FWD_KIND not in ("seq", "tile"):
-        raise ValueError(f"triton_scan.FWD_KIND must be 'seq' or 'tile', got {FWD_KIND!r}")
+        raise ValueError(f"triton_scan.FWD_KIND must be 'v3', 'seq' or 'tile', got {FWD_KIND!r}")
     block_d = _block_d(per_group, FWD_BLOCK_D if seq else FWD_TILE_BLOCK_D)
     n_dblocks = dim // block_d
     _chunk_output_kernel[(_check_grid(n_dblocks * n_chunks * batch),)](
@@ -611,6 +833,81 @@ def _forward(
         CHUNK=chunk,
         UNROLL=FWD_UNROLL,
         num_warps=FWD_WARPS if seq else FWD_TILE_WARPS,
+    )
+    return y, starts
+
+
+def _v3_layout(per_group: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the version-3 forward: 32 * V3_WARPS threads, V3_N_SPLIT of them per channel."""
+    block_d = _block_d(per_group, max(1, 32 * V3_WARPS // V3_N_SPLIT))
+    return block_d, V3_WARPS
+
+
+def _v3_chunk(batch: int, dim: int, length: int, per_group: int) -> int:
+    """Inference chunk length of version 3: V3_FWD_CHUNK, or (None) the whole sequence unless that leaves fewer
+    than V3_MIN_WARPS warps, then the fewest chunks (multiples of 16 positions) that reach it."""
+    if V3_FWD_CHUNK is not None:
+        return V3_FWD_CHUNK if V3_FWD_CHUNK < length else 0
+    block_d, warps = _v3_layout(per_group)
+    warps_per_chunk = (dim // block_d) * batch * warps
+    n_chunks = max(1, min(-(-V3_MIN_WARPS // warps_per_chunk), length // 64))
+    if n_chunks == 1:
+        return 0
+    return -(-(-(-length // n_chunks)) // 16) * 16
+
+
+def _forward_v3(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Version 3 forward: y and the chunk-start states (None for chunk 0 = one chunk). With chunks: a summary launch
+    (every chunk but the last, from a zero start), v2's carry kernel, then the output launch from the starts."""
+    batch, dim, length = u.shape
+    n_groups, n_state = B.shape[1], A.shape[1]
+    per_group = dim // n_groups
+    n_chunks = 1 if chunk == 0 else triton.cdiv(length, chunk)
+    if n_chunks == 1:
+        chunk = 0
+    a_fp32 = A.float().contiguous()
+    block_d, warps = _v3_layout(per_group)
+    n_dblocks = dim // block_d
+    y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
+    starts = None
+    if n_chunks > 1:
+        starts = torch.empty((batch, n_chunks, dim, n_state), device=u.device, dtype=torch.float32)
+        sums = torch.zeros((batch, n_chunks, dim), device=u.device, dtype=torch.float32)  # last chunk's stays 0
+    # Tiles need 16-byte aligned rows (Triton specialises integers divisible by 16); the chunk length is one too.
+    aligned = all(all(st % 16 == 0 for st in t.stride()[:-1]) and t.data_ptr() % 16 == 0 for t in (u, delta, B, C))
+    tiled = V3_TILED and aligned and length % 16 == 0 and chunk % 16 == 0
+    common = dict(N_PAD=_next_pow2(n_state), BLOCK_D=block_d, T=V3_T, CHUNK=chunk, TILED=tiled, num_warps=warps)
+    args = [dim, length, n_state, per_group, n_chunks]
+    strides = [u.stride(0), u.stride(1), delta.stride(0), delta.stride(1)]
+    strides += [B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2)]
+    d_arg = D if D is not None else a_fp32
+    bias_arg = delta_bias if delta_bias is not None else a_fp32
+    if n_chunks > 1:
+        grid_chunks = n_chunks - 1  # the last chunk's end state is never used
+        _v3_fwd_kernel[(_check_grid(n_dblocks * grid_chunks * batch),)](
+            u, delta, a_fp32, B, C, d_arg, bias_arg, y, starts, sums, *args, grid_chunks, n_dblocks, *strides,
+            HAS_D=False, HAS_BIAS=delta_bias is not None, HAS_START=False, SUMMARY=True, **common,
+        )
+        # In place: summaries in, chunk starts out (chunk n_chunks - 1's summary is unset and only feeds an unused
+        # final state).
+        n_blocks = triton.cdiv(dim * n_state, CARRY_BLOCK)
+        _chunk_carry_kernel[(_check_grid(n_blocks * batch),)](
+            starts, sums, a_fp32, dim, n_state, n_chunks, n_blocks, REVERSE=False, BLOCK=CARRY_BLOCK,
+            num_warps=CARRY_WARPS,
+        )
+    _v3_fwd_kernel[(_check_grid(n_dblocks * n_chunks * batch),)](
+        u, delta, a_fp32, B, C, d_arg, bias_arg, y, starts if starts is not None else a_fp32, a_fp32, *args,
+        n_chunks, n_dblocks, *strides,
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_START=starts is not None, SUMMARY=False, **common,
     )
     return y, starts
 
@@ -762,4 +1059,8 @@ def triton_selective_scan(
     u, delta, B, C = (last_dim_contiguous(t) for t in (u, delta, B, C))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)):
         return TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias)
-    return _forward(u, delta, A, B, C, D, delta_bias, _chunk_length(u.shape[2], FWD_CHUNK))[0]
+    if FWD_KIND == "v3":
+        chunk = _v3_chunk(u.shape[0], u.shape[1], u.shape[2], u.shape[1] // B.shape[1])
+    else:
+        chunk = _chunk_length(u.shape[2], FWD_CHUNK)
+    return _forward(u, delta, A, B, C, D, delta_bias, chunk)[0]

@@ -109,7 +109,7 @@ def compare_with_torch_scan(inputs, dy, tolerance, drop=()):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
-@pytest.mark.parametrize("forward_kind", ["tile", "seq"])
+@pytest.mark.parametrize("forward_kind", ["v3", "tile", "seq"])
 @pytest.mark.parametrize(
     "dtype, batch, dim, length, d_state, groups",
     [
@@ -131,11 +131,12 @@ def test_interpreter_matches_torch_scan(monkeypatch, forward_kind, dtype, batch,
 @pytest.mark.parametrize(
     "length, chunk, forward_kind, bc_reduce",
     [
-        (10, 64, "seq", "partial"),  # L < chunk: one chunk of 16, no summary/carry launches
+        (10, 64, "v3", "partial"),  # L < chunk: one chunk of 16, no summary/carry launches
         (32, 32, "tile", "partial"),  # L == chunk
         (33, 32, "seq", "atomic"),  # one position into a second chunk
         (100, 16, "tile", "atomic"),  # many chunks, the last one partial
         (100, 16, "seq", "partial"),
+        (96, 32, "v3", "partial"),  # L % 16 == 0: version 3's tile loads
     ],
 )
 def test_interpreter_chunk_boundaries(monkeypatch, length, chunk, forward_kind, bc_reduce):
@@ -201,3 +202,23 @@ def test_gpu_bf16_inputs_match_fp32_scan():
     y_ref = triton_scan.triton_selective_scan(*[t.float() for t in low])
     assert y_low.dtype == torch.bfloat16
     assert rel_err(y_low, y_ref) < 1e-2
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+@pytest.mark.parametrize(
+    "length, settings",
+    [
+        (64, {"V3_FWD_CHUNK": 32}),  # tiles, two chunks (summary, carry, output from the starts)
+        (48, {"V3_N_SPLIT": 2, "V3_T": 8}),  # two threads per channel, 8-position tiles, whole sequence
+        (37, {"V3_FWD_CHUNK": 16}),  # unaligned rows: one position per load, masked tail, three chunks
+        (64, {"V3_TILED": False, "V3_FWD_CHUNK": 0}),
+    ],
+)
+def test_interpreter_v3_forward_variants(monkeypatch, length, settings):
+    monkeypatch.setattr(triton_scan, "FWD_KIND", "v3")
+    monkeypatch.setattr(triton_scan, "BWD_CHUNK", 16)
+    for name, value in settings.items():
+        monkeypatch.setattr(triton_scan, name, value)
+    inputs = make_inputs(11, 1, 32, length, 12, 2, torch.float32)  # N = 12: padded states
+    dy = torch.randn(1, 32, length, generator=torch.Generator().manual_seed(12))
+    compare_with_torch_scan(inputs, dy, 1e-5)

@@ -88,6 +88,16 @@ V3_WARPS, V3_N_SPLIT, V3_T = 1, 1, 4
 V3_TILED = True  # tile loads where rows are 16-byte aligned (L % 16 == 0); False: one position at a time always
 V3_FWD_CHUNK: int | None = None
 V3_MIN_WARPS = 2112  # 4 warps per sub-partition of an H100/H200 (132 SMs x 4)
+# Backward: "v3" (_v3_bwd_kernel; its training forward is always version 3's, writing checkpoints) or "v2"
+# (_chunk_bwd_kernel; the training forward runs FWD_KIND at BWD_CHUNK and saves the chunk starts).
+BWD_KIND = "v3"
+# Version 3 backward: 32 * V3B_WARPS channels per program (one thread each), V3B_T positions recomputed into
+# registers at a time, a forward checkpoint every V3B_CKPT positions (a multiple of V3B_T and of V3_T, a power of two
+# <= 16: the training forward saves N / V3B_CKPT fp32 values per (channel, position), 2 x u's size at fp32 and 8).
+# Chunks: V3B_CHUNK positions (0 = whole sequence) or None = the fewest that give V3B_MIN_WARPS warps (as V3_FWD_CHUNK).
+V3B_WARPS, V3B_T, V3B_CKPT = 1, 4, 8
+V3B_CHUNK: int | None = None
+V3B_MIN_WARPS = 2112
 
 
 def triton_available() -> bool:
@@ -333,6 +343,14 @@ if triton is not None:
                 h = tl.sum(tl.where(positions[None, None, :] == BLOCK_T - 1, h_all, 0.0), axis=2)
 
     @triton.jit
+    def _v3_store_states(ptr, rows, h, states, n_state, N_PAD: tl.constexpr):
+        """Store the [N_PAD, BLOCK_D] state h at ptr + rows * n_state + n, one state at a time (strided [BLOCK_D]
+        stores: a contiguous [N_PAD, BLOCK_D] access would get a vectorised layout carried into the loop)."""
+        for n in tl.static_range(N_PAD):
+            h_n = tl.sum(tl.where(states[:, None] == n, h, -0.0), axis=0)
+            tl.store(ptr + rows * n_state + n, h_n, mask=rows * 0 + n < n_state)
+
+    @triton.jit
     def _v3_tile(
         h,
         total,
@@ -450,6 +468,7 @@ if triton is not None:
         y_ptr,
         state_ptr,
         sums_ptr,
+        ckpt_ptr,
         dim,
         length,
         n_state,
@@ -457,6 +476,7 @@ if triton is not None:
         n_chunks,
         grid_chunks,
         n_dblocks,
+        n_seg,
         stride_u_batch,
         stride_u_dim,
         stride_delta_batch,
@@ -476,6 +496,7 @@ if triton is not None:
         BLOCK_D: tl.constexpr,
         T: tl.constexpr,
         CHUNK: tl.constexpr,
+        CKPT: tl.constexpr,
     ):
         """Version 3 forward, one (channel block, chunk, batch item) per program, one thread per channel (or
         N_PAD * BLOCK_D / (32 * num_warps) states of it), the recurrence one position at a time in registers.
@@ -483,6 +504,8 @@ if triton is not None:
         CHUNK = 0: the whole sequence. SUMMARY: no C, no y; the chunk's end state from a zero start goes to
         state_ptr and its dt total to sums_ptr ((batch, n_chunks, dim[, N]), the carry kernel's input; only the
         first grid_chunks = n_chunks - 1 chunks run). HAS_START: the chunk starts from state_ptr's state.
+        CKPT > 0 (training forward for the version-3 backward): the state entering every position p with
+        p % CKPT == 0 goes to ckpt_ptr, (batch, n_seg = cdiv(L, CKPT), dim, N) fp32 (CKPT is a multiple of T).
         A, the start and the end state go one state at a time ([BLOCK_D] vectors): a [N_PAD, BLOCK_D] access,
         contiguous along N, would get a vectorised layout that the compiler then carries into the loop."""
         pid_d, chunk, batch = _program_coords(n_dblocks, grid_chunks)
@@ -519,20 +542,493 @@ if triton is not None:
         n_full = (end - begin) // T
         total = tl.zeros([BLOCK_D], dtype=tl.float32)
         for i in range(0, n_full):
+            if CKPT > 0:
+                if (begin + i * T) % CKPT == 0:
+                    _v3_store_states(
+                        ckpt_ptr, (batch * n_seg + (begin + i * T) // CKPT) * dim + chans, h, states, n_state, N_PAD
+                    )
             h, total = _v3_tile(
-                h, total, a_log2, bias, d_skip, u_rows, delta_rows, y_rows, b_rows, c_rows, state_ok,
-                begin + i * T, length, HAS_D, HAS_BIAS, SUMMARY, False, TILED, T,
+                h,
+                total,
+                a_log2,
+                bias,
+                d_skip,
+                u_rows,
+                delta_rows,
+                y_rows,
+                b_rows,
+                c_rows,
+                state_ok,
+                begin + i * T,
+                length,
+                HAS_D,
+                HAS_BIAS,
+                SUMMARY,
+                False,
+                TILED,
+                T,
             )
         if begin + n_full * T < end:
+            if CKPT > 0:
+                if (begin + n_full * T) % CKPT == 0:
+                    _v3_store_states(
+                        ckpt_ptr,
+                        (batch * n_seg + (begin + n_full * T) // CKPT) * dim + chans,
+                        h,
+                        states,
+                        n_state,
+                        N_PAD,
+                    )
             h, total = _v3_tile(
-                h, total, a_log2, bias, d_skip, u_rows, delta_rows, y_rows, b_rows, c_rows, state_ok,
-                begin + n_full * T, length, HAS_D, HAS_BIAS, SUMMARY, True, TILED, T,
+                h,
+                total,
+                a_log2,
+                bias,
+                d_skip,
+                u_rows,
+                delta_rows,
+                y_rows,
+                b_rows,
+                c_rows,
+                state_ok,
+                begin + n_full * T,
+                length,
+                HAS_D,
+                HAS_BIAS,
+                SUMMARY,
+                True,
+                TILED,
+                T,
             )
         if SUMMARY:
-            for n in tl.static_range(N_PAD):
-                h_n = tl.sum(tl.where(states[:, None] == n, h, -0.0), axis=0)
-                tl.store(state_ptr + row * n_state + n, h_n, mask=chans * 0 + n < n_state)
+            _v3_store_states(state_ptr, row, h, states, n_state, N_PAD)
             tl.store(sums_ptr + row, total)
+
+    @triton.jit
+    def _v3b_load_states(ptr, rows, states, zero2, n_state, N_PAD: tl.constexpr):
+        """[N_PAD, BLOCK_D] fp32 state from ptr + rows * n_state + n, one state at a time (see _v3_store_states)."""
+        out = zero2.to(tl.float32)
+        for n in tl.static_range(N_PAD):
+            v = tl.load(ptr + rows * n_state + n, mask=rows * 0 + n < n_state, other=0.0).to(tl.float32)
+            out = tl.where(states[:, None] == n, v[None, :], out)
+        return out
+
+    @triton.jit
+    def _v3b_recompute(
+        h,
+        a_log2,
+        bias,
+        u_rows,
+        delta_rows,
+        b_rows,
+        state_ok,
+        zero2,
+        base,
+        length,
+        HAS_BIAS: tl.constexpr,
+        MASKED: tl.constexpr,
+        STASH: tl.constexpr,
+        T: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """Version-3 backward: the state h (entering position base) run over T positions, one per load. Returns the
+        state after them and, when STASH, the [T, N_PAD, BLOCK_D] states after each position (h_t) and the [T,
+        BLOCK_D] tiles of u, delta + bias and dt; the tiles are assembled with where on the in-thread T axis."""
+        h_tile = tl.zeros([T, N_PAD, BLOCK_D], dtype=tl.float32)
+        u_tile = tl.zeros([T, BLOCK_D], dtype=tl.float32)
+        x_tile = tl.zeros([T, BLOCK_D], dtype=tl.float32)
+        dt_tile = tl.zeros([T, BLOCK_D], dtype=tl.float32)
+        cols = tl.arange(0, T)
+        for t in tl.static_range(T):
+            p = base + t
+            if MASKED:
+                ok_d = (tl.zeros_like(bias).to(tl.int32) + p) < length
+                u_t = tl.load(u_rows + p, mask=ok_d, other=0.0).to(tl.float32)
+                x_t = tl.load(delta_rows + p, mask=ok_d, other=0.0).to(tl.float32)
+                b_t = tl.load(b_rows[:, None] + p + zero2, mask=state_ok[:, None] & ((zero2 + p) < length), other=0.0)
+            else:
+                u_t = tl.load(u_rows + p).to(tl.float32)
+                x_t = tl.load(delta_rows + p).to(tl.float32)
+                b_t = tl.load(b_rows[:, None] + p + zero2, mask=state_ok[:, None], other=0.0)
+            if HAS_BIAS:
+                x_t += bias
+            dt_t = _softplus(x_t)
+            if MASKED:
+                dt_t = tl.where(ok_d, dt_t, 0.0)  # decay 1, input 0 past the end
+            h = tl.exp2(a_log2 * dt_t[None, :]) * h + b_t.to(tl.float32) * (dt_t * u_t)[None, :]
+            if STASH:
+                pick = cols == t
+                h_tile = tl.where(pick[:, None, None], h[None, :, :], h_tile)
+                u_tile = tl.where(pick[:, None], u_t[None, :], u_tile)
+                x_tile = tl.where(pick[:, None], x_t[None, :], x_tile)
+                dt_tile = tl.where(pick[:, None], dt_t[None, :], dt_tile)
+        return h, h_tile, u_tile, x_tile, dt_tile
+
+    @triton.jit
+    def _v3b_segment(
+        h_start,
+        gq,
+        da_acc,
+        dd_acc,
+        dbias_acc,
+        a_log2,
+        bias,
+        d_skip,
+        u_rows,
+        delta_rows,
+        dy_rows,
+        grad_rows,
+        du_ptr,
+        ddelta_ptr,
+        b_rows,
+        c_rows,
+        bc_rows,
+        db_ptr,
+        dc_ptr,
+        state_ok,
+        states,
+        zero2,
+        seg_begin,
+        length,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SUMMARY: tl.constexpr,
+        ATOMIC_BC: tl.constexpr,
+        MASKED: tl.constexpr,
+        T: tl.constexpr,
+        CKPT: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """Version-3 backward over the CKPT positions from seg_begin, in reverse; h_start is the state entering
+        seg_begin (a forward checkpoint), gq = exp(dt_{t+1} A) g_{t+1} the adjoint arriving from the position after
+        the segment. Not SUMMARY: a forward sweep keeps the state at each T-position tile start (CKPT / T - 1 of
+        them, in registers), then every tile from the last one: its states h_t are recomputed from its start into
+        registers and the positions are walked backwards with g_t = C_t dy_t + gq. SUMMARY: g only (no h)."""
+        cols = tl.arange(0, T)
+        N_TILES: tl.constexpr = CKPT // T
+        if not SUMMARY:
+            starts = tl.zeros([N_TILES, N_PAD, BLOCK_D], dtype=tl.float32)
+            tiles = tl.arange(0, N_TILES)
+            starts = tl.where(tiles[:, None, None] == 0, h_start[None, :, :], starts)
+            h = h_start
+            for i in tl.static_range(N_TILES - 1):
+                h, _h_tile, _u, _x, _dt = _v3b_recompute(
+                    h,
+                    a_log2,
+                    bias,
+                    u_rows,
+                    delta_rows,
+                    b_rows,
+                    state_ok,
+                    zero2,
+                    seg_begin + i * T,
+                    length,
+                    HAS_BIAS,
+                    MASKED,
+                    False,
+                    T,
+                    N_PAD,
+                    BLOCK_D,
+                )
+                starts = tl.where(tiles[:, None, None] == i + 1, h[None, :, :], starts)
+        for j in tl.static_range(N_TILES):
+            i = N_TILES - 1 - j
+            base = seg_begin + i * T
+            if SUMMARY:
+                for s in tl.static_range(T):
+                    p = base + T - 1 - s
+                    if MASKED:
+                        ok_d = (tl.zeros_like(bias).to(tl.int32) + p) < length
+                        x_t = tl.load(delta_rows + p, mask=ok_d, other=0.0).to(tl.float32)
+                        dy_t = tl.load(dy_rows + p, mask=ok_d, other=0.0).to(tl.float32)
+                        c_t = tl.load(
+                            c_rows[:, None] + p + zero2, mask=state_ok[:, None] & ((zero2 + p) < length), other=0.0
+                        )
+                    else:
+                        x_t = tl.load(delta_rows + p).to(tl.float32)
+                        dy_t = tl.load(dy_rows + p).to(tl.float32)
+                        c_t = tl.load(c_rows[:, None] + p + zero2, mask=state_ok[:, None], other=0.0)
+                    if HAS_BIAS:
+                        x_t += bias
+                    dt_t = _softplus(x_t)
+                    if MASKED:
+                        dt_t = tl.where(ok_d, dt_t, 0.0)
+                    dbias_acc += dt_t  # SUMMARY: the chunk's dt total
+                    gq = tl.exp2(a_log2 * dt_t[None, :]) * (c_t.to(tl.float32) * dy_t[None, :] + gq)
+            else:
+                h_first = tl.sum(tl.where(tiles[:, None, None] == i, starts, -0.0), axis=0)
+                _h_end, h_tile, u_tile, x_tile, dt_tile = _v3b_recompute(
+                    h_first,
+                    a_log2,
+                    bias,
+                    u_rows,
+                    delta_rows,
+                    b_rows,
+                    state_ok,
+                    zero2,
+                    base,
+                    length,
+                    HAS_BIAS,
+                    MASKED,
+                    True,
+                    T,
+                    N_PAD,
+                    BLOCK_D,
+                )
+                for s in tl.static_range(T):
+                    t = T - 1 - s
+                    p = base + t
+                    pick = cols == t
+                    h_t = tl.sum(tl.where(pick[:, None, None], h_tile, -0.0), axis=0)
+                    u_t = tl.sum(tl.where(pick[:, None], u_tile, -0.0), axis=0)
+                    x_t = tl.sum(tl.where(pick[:, None], x_tile, -0.0), axis=0)
+                    dt_t = tl.sum(tl.where(pick[:, None], dt_tile, -0.0), axis=0)
+                    if MASKED:
+                        ok_d = (tl.zeros_like(bias).to(tl.int32) + p) < length
+                        ok_2 = state_ok[:, None] & ((zero2 + p) < length)
+                        dy_t = tl.load(dy_rows + p, mask=ok_d, other=0.0).to(tl.float32)
+                        b_t = tl.load(b_rows[:, None] + p + zero2, mask=ok_2, other=0.0).to(tl.float32)
+                        c_t = tl.load(c_rows[:, None] + p + zero2, mask=ok_2, other=0.0).to(tl.float32)
+                    else:
+                        dy_t = tl.load(dy_rows + p).to(tl.float32)
+                        b_t = tl.load(b_rows[:, None] + p + zero2, mask=state_ok[:, None], other=0.0).to(tl.float32)
+                        c_t = tl.load(c_rows[:, None] + p + zero2, mask=state_ok[:, None], other=0.0).to(tl.float32)
+                    dt_u = dt_t * u_t
+                    g = c_t * dy_t[None, :] + gq
+                    # e_t = g_t exp(dt_t A) h_{t-1} = g_t (h_t - dt_t u_t B_t): no h_{t-1}, no division.
+                    e = g * (h_t - b_t * dt_u[None, :])
+                    da_acc += e * dt_t[None, :]
+                    g_b = tl.sum(g * b_t, axis=0)  # in-thread sums over the states
+                    a_e = tl.sum(e * a_log2, axis=0) * 0.6931471805599453  # sum_n A e (A = a_log2 ln 2)
+                    # dB_t, dC_t: sums over the program's channels (across lanes), one partial row per program.
+                    db_t = tl.sum(g * dt_u[None, :], axis=1)
+                    dc_t = tl.sum(h_t * dy_t[None, :], axis=1)
+                    if MASKED:
+                        bc_ok = state_ok & ((states * 0 + p) < length)
+                    else:
+                        bc_ok = state_ok
+                    if ATOMIC_BC:
+                        tl.atomic_add(db_ptr + bc_rows + p, db_t, mask=bc_ok, sem="relaxed")
+                        tl.atomic_add(dc_ptr + bc_rows + p, dc_t, mask=bc_ok, sem="relaxed")
+                    else:
+                        tl.store(db_ptr + bc_rows + p, db_t, mask=bc_ok)
+                        tl.store(dc_ptr + bc_rows + p, dc_t, mask=bc_ok)
+                    du_t = dt_t * g_b
+                    if HAS_D:
+                        du_t += d_skip * dy_t
+                        dd_acc += dy_t * u_t
+                    ddt = u_t * g_b + a_e
+                    # softplus'(x) = sigmoid(x); past the end dy = 0 and dt = 0 give ddt = 0.
+                    ddelta_t = tl.where(x_t > 20.0, ddt, ddt / (1.0 + tl.exp(-x_t)))
+                    if MASKED:
+                        ddelta_t = tl.where(ok_d, ddelta_t, 0.0)
+                        tl.store(du_ptr + grad_rows + p, du_t.to(du_ptr.dtype.element_ty), mask=ok_d)
+                        tl.store(ddelta_ptr + grad_rows + p, ddelta_t.to(ddelta_ptr.dtype.element_ty), mask=ok_d)
+                    else:
+                        tl.store(du_ptr + grad_rows + p, du_t.to(du_ptr.dtype.element_ty))
+                        tl.store(ddelta_ptr + grad_rows + p, ddelta_t.to(ddelta_ptr.dtype.element_ty))
+                    dbias_acc += ddelta_t
+                    gq = tl.exp2(a_log2 * dt_t[None, :]) * g
+        return gq, da_acc, dd_acc, dbias_acc
+
+    @triton.jit
+    def _v3_bwd_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        dy_ptr,
+        ckpt_ptr,
+        carry_ptr,
+        sums_ptr,
+        du_ptr,
+        ddelta_ptr,
+        da_ptr,
+        db_ptr,
+        dc_ptr,
+        dd_ptr,
+        dbias_ptr,
+        dim,
+        length,
+        n_state,
+        channels_per_group,
+        n_groups,
+        n_chunks,
+        grid_chunks,
+        n_dblocks,
+        n_bc_blocks,
+        n_seg,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        stride_dy_batch,
+        stride_dy_dim,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_CARRY: tl.constexpr,
+        SUMMARY: tl.constexpr,
+        ATOMIC_BC: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        T: tl.constexpr,
+        CKPT: tl.constexpr,
+        CHUNK: tl.constexpr,
+    ):
+        """Version 3 backward, one (channel block, chunk, batch item) per program, one thread per channel holding its
+        N_PAD states of h, g, A and dA in registers; the chunk is walked backwards CKPT positions (one forward
+        checkpoint) at a time, see _v3b_segment. CHUNK = 0: the whole sequence.
+
+        Not SUMMARY: du, ddelta; dB, dC partials (batch, G, n_bc_blocks, N, L) (one row per program, summed over the
+        channel axis across lanes; atomics into n_bc_blocks = 1 with ATOMIC_BC); dA, dD, dbias partials (batch,
+        n_chunks, dim[, N]). HAS_CARRY: the adjoint exp(dt A) g arriving from the later chunks is carry_ptr's
+        (batch, n_chunks, dim, N). SUMMARY (chunks 1 .. n_chunks - 1 only, grid_chunks = n_chunks - 1): g alone from
+        a zero adjoint; the chunk's exp(dt_{t0} A) g_{t0} goes to carry_ptr and its dt total to sums_ptr, the reverse
+        carry kernel's input."""
+        pid_d, chunk, batch = _program_coords(n_dblocks, grid_chunks)
+        if SUMMARY:
+            chunk += 1
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+        zero2 = tl.zeros([N_PAD, BLOCK_D], dtype=tl.int32)
+        row = (batch * n_chunks + chunk) * dim + chans
+        a_log2 = _v3b_load_states(a_ptr, chans, states, zero2, n_state, N_PAD) * 1.4426950408889634
+        if HAS_CARRY:
+            gq = _v3b_load_states(carry_ptr, row, states, zero2, n_state, N_PAD)
+        else:
+            gq = zero2.to(tl.float32)
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        d_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        u_rows = u_ptr + batch * stride_u_batch + chans * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans * stride_delta_dim
+        dy_rows = dy_ptr + batch * stride_dy_batch + chans * stride_dy_dim
+        grad_rows = (batch * dim + chans) * length  # du, ddelta: contiguous
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states * stride_c_state
+        if ATOMIC_BC:
+            bc_block = 0
+        else:
+            bc_block = (pid_d * BLOCK_D % channels_per_group) // BLOCK_D
+        bc_rows = (((batch * n_groups + group) * n_bc_blocks + bc_block) * n_state + states) * length
+        if CHUNK == 0:
+            begin = 0
+            end = length
+        else:
+            begin = chunk * CHUNK
+            end = tl.minimum(begin + CHUNK, length)
+        da_acc = zero2.to(tl.float32)
+        dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)  # SUMMARY: the chunk's dt total
+        n_full = (end - begin) // CKPT
+        h_start = gq  # placeholder for SUMMARY (never read)
+        if begin + n_full * CKPT < end:  # the sequence's last, partial segment comes first
+            seg_begin = begin + n_full * CKPT
+            if not SUMMARY:
+                h_start = _v3b_load_states(
+                    ckpt_ptr, (batch * n_seg + seg_begin // CKPT) * dim + chans, states, zero2, n_state, N_PAD
+                )
+            gq, da_acc, dd_acc, dbias_acc = _v3b_segment(
+                h_start,
+                gq,
+                da_acc,
+                dd_acc,
+                dbias_acc,
+                a_log2,
+                bias,
+                d_skip,
+                u_rows,
+                delta_rows,
+                dy_rows,
+                grad_rows,
+                du_ptr,
+                ddelta_ptr,
+                b_rows,
+                c_rows,
+                bc_rows,
+                db_ptr,
+                dc_ptr,
+                state_ok,
+                states,
+                zero2,
+                seg_begin,
+                length,
+                HAS_D,
+                HAS_BIAS,
+                SUMMARY,
+                ATOMIC_BC,
+                True,
+                T,
+                CKPT,
+                N_PAD,
+                BLOCK_D,
+            )
+        for k in range(0, n_full):
+            seg_begin = begin + (n_full - 1 - k) * CKPT
+            if not SUMMARY:
+                h_start = _v3b_load_states(
+                    ckpt_ptr, (batch * n_seg + seg_begin // CKPT) * dim + chans, states, zero2, n_state, N_PAD
+                )
+            gq, da_acc, dd_acc, dbias_acc = _v3b_segment(
+                h_start,
+                gq,
+                da_acc,
+                dd_acc,
+                dbias_acc,
+                a_log2,
+                bias,
+                d_skip,
+                u_rows,
+                delta_rows,
+                dy_rows,
+                grad_rows,
+                du_ptr,
+                ddelta_ptr,
+                b_rows,
+                c_rows,
+                bc_rows,
+                db_ptr,
+                dc_ptr,
+                state_ok,
+                states,
+                zero2,
+                seg_begin,
+                length,
+                HAS_D,
+                HAS_BIAS,
+                SUMMARY,
+                ATOMIC_BC,
+                False,
+                T,
+                CKPT,
+                N_PAD,
+                BLOCK_D,
+            )
+        if SUMMARY:
+            _v3_store_states(carry_ptr, row, gq, states, n_state, N_PAD)
+            tl.store(sums_ptr + row, dbias_acc)
+        else:
+            _v3_store_states(da_ptr, row, da_acc, states, n_state, N_PAD)
+            if HAS_D:
+                tl.store(dd_ptr + row, dd_acc)
+            if HAS_BIAS:
+                tl.store(dbias_ptr + row, dbias_acc)
 
     @triton.jit
     def _chunk_bwd_kernel(
@@ -782,7 +1278,7 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y (u's dtype) and the chunk-start states (None when L fits one chunk) for a power-of-two chunk length."""
     if FWD_KIND == "v3":
-        return _forward_v3(u, delta, A, B, C, D, delta_bias, chunk)
+        return _forward_v3(u, delta, A, B, C, D, delta_bias, chunk)[:2]
     batch, dim, length = u.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
@@ -843,17 +1339,24 @@ def _v3_layout(per_group: int) -> tuple[int, int]:
     return block_d, V3_WARPS
 
 
-def _v3_chunk(batch: int, dim: int, length: int, per_group: int) -> int:
-    """Inference chunk length of version 3: V3_FWD_CHUNK, or (None) the whole sequence unless that leaves fewer
-    than V3_MIN_WARPS warps, then the fewest chunks (multiples of 16 positions) that reach it."""
-    if V3_FWD_CHUNK is not None:
-        return V3_FWD_CHUNK if V3_FWD_CHUNK < length else 0
+def _v3_chunk(batch: int, dim: int, length: int, per_group: int, multiple: int = 16) -> int:
+    """Chunk length of the version-3 forward: V3_FWD_CHUNK, or (None) the whole sequence unless that leaves fewer
+    than V3_MIN_WARPS warps, then the fewest chunks (multiples of `multiple` positions) that reach it; 0 = one chunk."""
     block_d, warps = _v3_layout(per_group)
-    warps_per_chunk = (dim // block_d) * batch * warps
-    n_chunks = max(1, min(-(-V3_MIN_WARPS // warps_per_chunk), length // 64))
+    return _adaptive_chunk(V3_FWD_CHUNK, V3_MIN_WARPS, (dim // block_d) * batch * warps, length, multiple)
+
+
+def _adaptive_chunk(fixed: int | None, min_warps: int, warps_per_chunk: int, length: int, multiple: int) -> int:
+    """fixed (rounded up to a multiple), or the fewest chunks giving min_warps warps in all (at least 64 positions
+    each), as a chunk length that is a multiple of `multiple`; 0 when the whole sequence is one chunk."""
+    if fixed is not None:
+        chunk = -(-fixed // multiple) * multiple
+        return chunk if 0 < chunk < length else 0
+    n_chunks = max(1, min(-(-min_warps // warps_per_chunk), length // 64))
     if n_chunks == 1:
         return 0
-    return -(-(-(-length // n_chunks)) // 16) * 16
+    chunk = -(-(-(-length // n_chunks)) // multiple) * multiple
+    return chunk if chunk < length else 0
 
 
 def _forward_v3(
@@ -865,9 +1368,12 @@ def _forward_v3(
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Version 3 forward: y and the chunk-start states (None for chunk 0 = one chunk). With chunks: a summary launch
-    (every chunk but the last, from a zero start), v2's carry kernel, then the output launch from the starts."""
+    ckpt: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Version 3 forward: y, the chunk-start states (None for chunk 0 = one chunk) and, for ckpt > 0, the state
+    entering every ckpt-th position, (batch, cdiv(L, ckpt), dim, N) fp32 (the version-3 backward's checkpoints; the
+    chunk length must then be a multiple of ckpt). With chunks: a summary launch (every chunk but the last, from a
+    zero start), v2's carry kernel, then the output launch from the starts."""
     batch, dim, length = u.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
@@ -886,6 +1392,15 @@ def _forward_v3(
     aligned = all(all(st % 16 == 0 for st in t.stride()[:-1]) and t.data_ptr() % 16 == 0 for t in (u, delta, B, C))
     tiled = V3_TILED and aligned and length % 16 == 0 and chunk % 16 == 0
     common = dict(N_PAD=_next_pow2(n_state), BLOCK_D=block_d, T=V3_T, CHUNK=chunk, TILED=tiled, num_warps=warps)
+    ckpts = None
+    n_seg = 1
+    if ckpt > 0:
+        if ckpt % V3_T or chunk % ckpt:
+            raise ValueError(
+                f"triton_scan: checkpoint interval {ckpt} must divide the chunk {chunk}, V3_T must divide it"
+            )
+        n_seg = triton.cdiv(length, ckpt)
+        ckpts = torch.empty((batch, n_seg, dim, n_state), device=u.device, dtype=torch.float32)
     args = [dim, length, n_state, per_group, n_chunks]
     strides = [u.stride(0), u.stride(1), delta.stride(0), delta.stride(1)]
     strides += [B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2)]
@@ -894,22 +1409,69 @@ def _forward_v3(
     if n_chunks > 1:
         grid_chunks = n_chunks - 1  # the last chunk's end state is never used
         _v3_fwd_kernel[(_check_grid(n_dblocks * grid_chunks * batch),)](
-            u, delta, a_fp32, B, C, d_arg, bias_arg, y, starts, sums, *args, grid_chunks, n_dblocks, *strides,
-            HAS_D=False, HAS_BIAS=delta_bias is not None, HAS_START=False, SUMMARY=True, **common,
+            u,
+            delta,
+            a_fp32,
+            B,
+            C,
+            d_arg,
+            bias_arg,
+            y,
+            starts,
+            sums,
+            a_fp32,
+            *args,
+            grid_chunks,
+            n_dblocks,
+            n_seg,
+            *strides,
+            HAS_D=False,
+            HAS_BIAS=delta_bias is not None,
+            HAS_START=False,
+            SUMMARY=True,
+            CKPT=0,
+            **common,
         )
         # In place: summaries in, chunk starts out (chunk n_chunks - 1's summary is unset and only feeds an unused
         # final state).
         n_blocks = triton.cdiv(dim * n_state, CARRY_BLOCK)
         _chunk_carry_kernel[(_check_grid(n_blocks * batch),)](
-            starts, sums, a_fp32, dim, n_state, n_chunks, n_blocks, REVERSE=False, BLOCK=CARRY_BLOCK,
+            starts,
+            sums,
+            a_fp32,
+            dim,
+            n_state,
+            n_chunks,
+            n_blocks,
+            REVERSE=False,
+            BLOCK=CARRY_BLOCK,
             num_warps=CARRY_WARPS,
         )
     _v3_fwd_kernel[(_check_grid(n_dblocks * n_chunks * batch),)](
-        u, delta, a_fp32, B, C, d_arg, bias_arg, y, starts if starts is not None else a_fp32, a_fp32, *args,
-        n_chunks, n_dblocks, *strides,
-        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_START=starts is not None, SUMMARY=False, **common,
+        u,
+        delta,
+        a_fp32,
+        B,
+        C,
+        d_arg,
+        bias_arg,
+        y,
+        starts if starts is not None else a_fp32,
+        a_fp32,
+        ckpts if ckpts is not None else a_fp32,
+        *args,
+        n_chunks,
+        n_dblocks,
+        n_seg,
+        *strides,
+        HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None,
+        HAS_START=starts is not None,
+        SUMMARY=False,
+        CKPT=ckpt,
+        **common,
     )
-    return y, starts
+    return y, starts, ckpts
 
 
 def _backward(
@@ -1012,22 +1574,187 @@ def _backward(
     )
 
 
+def _v3b_layout(per_group: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the version-3 backward: one thread per channel."""
+    return _block_d(per_group, 32 * V3B_WARPS), V3B_WARPS
+
+
+def _check_v3b_knobs() -> None:
+    if V3B_CKPT not in (4, 8, 16) or V3B_CKPT % V3B_T or V3B_CKPT % V3_T:
+        raise ValueError(
+            f"triton_scan: V3B_CKPT ({V3B_CKPT}) must be 4, 8 or 16 and a multiple of V3B_T ({V3B_T}) and V3_T ({V3_T})"
+        )
+
+
+def _backward_v3(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    dy: torch.Tensor,
+    ckpts: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """Version 3 backward from the forward's checkpoints; returns (du, ddelta, dA, dB, dC, dD, ddelta_bias).
+
+    With chunks: a summary launch of _v3_bwd_kernel (the adjoint each chunk but the first passes back, from a zero
+    adjoint), v2's reverse carry kernel, then the gradient launch from the carried adjoints."""
+    batch, dim, length = u.shape
+    n_groups, n_state = B.shape[1], A.shape[1]
+    per_group = dim // n_groups
+    block_d, warps = _v3b_layout(per_group)
+    n_dblocks = dim // block_d
+    chunk = _adaptive_chunk(V3B_CHUNK, V3B_MIN_WARPS, n_dblocks * batch * warps, length, V3B_CKPT)
+    n_chunks = 1 if chunk == 0 else triton.cdiv(length, chunk)
+    n_seg = triton.cdiv(length, V3B_CKPT)
+    if BWD_BC_REDUCE not in ("partial", "atomic"):
+        raise ValueError(f"triton_scan.BWD_BC_REDUCE must be 'partial' or 'atomic', got {BWD_BC_REDUCE!r}")
+    atomic = BWD_BC_REDUCE == "atomic"
+    n_bc_blocks = 1 if atomic else per_group // block_d
+    device, f32 = u.device, torch.float32
+    a_fp32 = A.float().contiguous()
+    d_arg = D if D is not None else a_fp32
+    bias_arg = delta_bias if delta_bias is not None else a_fp32
+    du = torch.empty((batch, dim, length), device=device, dtype=u.dtype)
+    ddelta = torch.empty((batch, dim, length), device=device, dtype=delta.dtype)
+    bc_shape = (batch, n_groups, n_bc_blocks, n_state, length)
+    db = (torch.zeros if atomic else torch.empty)(bc_shape, device=device, dtype=f32)
+    dc = (torch.zeros if atomic else torch.empty)(bc_shape, device=device, dtype=f32)
+    da = torch.empty((batch, n_chunks, dim, n_state), device=device, dtype=f32)
+    dd = torch.empty((batch, n_chunks, dim), device=device, dtype=f32) if D is not None else a_fp32
+    dbias = torch.empty((batch, n_chunks, dim), device=device, dtype=f32) if delta_bias is not None else a_fp32
+    args = [dim, length, n_state, per_group, n_groups, n_chunks]
+    strides = [u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1), B.stride(2)]
+    strides += [C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1)]
+    common = dict(
+        HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None,
+        ATOMIC_BC=atomic,
+        N_PAD=_next_pow2(n_state),
+        BLOCK_D=block_d,
+        T=V3B_T,
+        CKPT=V3B_CKPT,
+        CHUNK=chunk,
+        num_warps=warps,
+    )
+    carry = None
+    if n_chunks > 1:
+        # Chunk 0's summary and the unused adjoint beyond the last chunk stay zero.
+        carry = torch.zeros((batch, n_chunks, dim, n_state), device=device, dtype=f32)
+        sums = torch.zeros((batch, n_chunks, dim), device=device, dtype=f32)
+        _v3_bwd_kernel[(_check_grid(n_dblocks * (n_chunks - 1) * batch),)](
+            u,
+            delta,
+            a_fp32,
+            B,
+            C,
+            d_arg,
+            bias_arg,
+            dy,
+            ckpts,
+            carry,
+            sums,
+            du,
+            ddelta,
+            da,
+            db,
+            dc,
+            dd,
+            dbias,
+            *args,
+            n_chunks - 1,
+            n_dblocks,
+            n_bc_blocks,
+            n_seg,
+            *strides,
+            HAS_CARRY=False,
+            SUMMARY=True,
+            **common,
+        )
+        n_blocks = triton.cdiv(dim * n_state, CARRY_BLOCK)
+        _chunk_carry_kernel[(_check_grid(n_blocks * batch),)](
+            carry,
+            sums,
+            a_fp32,
+            dim,
+            n_state,
+            n_chunks,
+            n_blocks,
+            REVERSE=True,
+            BLOCK=CARRY_BLOCK,
+            num_warps=CARRY_WARPS,
+        )
+    _v3_bwd_kernel[(_check_grid(n_dblocks * n_chunks * batch),)](
+        u,
+        delta,
+        a_fp32,
+        B,
+        C,
+        d_arg,
+        bias_arg,
+        dy,
+        ckpts,
+        carry if carry is not None else a_fp32,
+        a_fp32,
+        du,
+        ddelta,
+        da,
+        db,
+        dc,
+        dd,
+        dbias,
+        *args,
+        n_chunks,
+        n_dblocks,
+        n_bc_blocks,
+        n_seg,
+        *strides,
+        HAS_CARRY=carry is not None,
+        SUMMARY=False,
+        **common,
+    )
+    return (
+        du,
+        ddelta,
+        da.sum((0, 1)).to(A.dtype),
+        db.sum(2).to(B.dtype),
+        dc.sum(2).to(C.dtype),
+        None if D is None else dd.sum((0, 1)).to(D.dtype),
+        None if delta_bias is None else dbias.sum((0, 1)).to(delta_bias.dtype),
+    )
+
+
 class TritonSelectiveScan(torch.autograd.Function):
     """Differentiable Triton selective scan; saves the inputs plus the (batch, n_chunks, dim, N) fp32 chunk starts."""
 
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
-        # The saved states are the backward's chunk starts, so the forward runs with the backward's chunk length.
-        chunk = _chunk_length(u.shape[2], BWD_CHUNK)
-        y, starts = _forward(u, delta, A, B, C, D, delta_bias, chunk)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, starts)
-        ctx.chunk = chunk
+        if BWD_KIND not in ("v3", "v2"):
+            raise ValueError(f"triton_scan.BWD_KIND must be 'v3' or 'v2', got {BWD_KIND!r}")
+        ctx.kind = BWD_KIND
+        if BWD_KIND == "v3":
+            # Version 3 forward at its inference chunking (chunks a multiple of the checkpoint interval), plus the
+            # checkpoints the version-3 backward starts from.
+            _check_v3b_knobs()
+            batch, dim, length = u.shape
+            chunk = _v3_chunk(batch, dim, length, dim // B.shape[1], multiple=max(16, V3B_CKPT))
+            y, _, saved = _forward_v3(u, delta, A, B, C, D, delta_bias, chunk, ckpt=V3B_CKPT)
+            ctx.chunk = 0
+        else:
+            # The saved states are the backward's chunk starts, so the forward runs with the backward's chunk length.
+            ctx.chunk = _chunk_length(u.shape[2], BWD_CHUNK)
+            y, saved = _forward(u, delta, A, B, C, D, delta_bias, ctx.chunk)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, saved)
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
-        u, delta, A, B, C, D, delta_bias, starts = ctx.saved_tensors
-        return _backward(u, delta, A, B, C, D, delta_bias, last_dim_contiguous(dy), starts, ctx.chunk)
+        u, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
+        if ctx.kind == "v3":
+            return _backward_v3(u, delta, A, B, C, D, delta_bias, last_dim_contiguous(dy), saved)
+        return _backward(u, delta, A, B, C, D, delta_bias, last_dim_contiguous(dy), saved, ctx.chunk)
 
 
 def triton_selective_scan(

@@ -12,8 +12,8 @@ a stage gets its own input set, so repeated calls do not time the L2 cache. Timi
 sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
---sweep times the forward candidates first (version 3 variants, version 2's best) and the training path with either
-forward (the backward is version 2's).
+--sweep times the forward candidates first (version 3 variants, version 2's best) and the training path with the
+version-3 backward's variants and the version-2 backward.
 """
 
 from __future__ import annotations
@@ -201,28 +201,32 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
 
 
 def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
-    """Time the forward candidates (version 3 variants and version 2's best) and two training paths on the whole
-    16-scan step, one line each (9 rows; every row is a few kernel compiles plus 25 timed 16-scan steps).
+    """Time the forward candidates and the backward candidates on the whole 16-scan step, one line each (12 rows;
+    every row is a few kernel compiles plus 13 timed 16-scan steps at --steps 10 --warmup 3).
 
     Forward (inference path), FWD_KIND "v3": V3_WARPS, V3_N_SPLIT (threads per channel), V3_FWD_CHUNK (None =
-    adaptive, 0 = whole sequence), V3_TILED; "seq" = version 2's best row (chunk 128, BLOCK_D 32). Forward+backward
-    (training; the version-2 backward in both): v3 forward vs v2 seq forward at the backward's chunk length."""
+    adaptive, 0 = whole sequence); "seq" = version 2's best row (chunk 128, BLOCK_D 32). Forward+backward (training):
+    BWD_KIND "v3" (version-3 forward with checkpoints + version-3 backward): V3B_CKPT (checkpoint interval), dB/dC
+    partials vs atomics, V3B_CHUNK (0 = no chunks: no summary launch), V3B_WARPS; and the version-2 backward."""
     names = ("FWD_KIND", "FWD_CHUNK", "FWD_BLOCK_D", "FWD_WARPS", "V3_WARPS", "V3_N_SPLIT", "V3_FWD_CHUNK", "V3_TILED")
-    names += ("BWD_CHUNK", "BWD_BLOCK_D", "BWD_D_PER_PROGRAM", "BWD_WARPS", "BWD_BC_REDUCE")
+    names += ("BWD_KIND", "BWD_CHUNK", "BWD_BLOCK_D", "BWD_D_PER_PROGRAM", "BWD_WARPS", "BWD_BC_REDUCE")
+    names += ("V3B_WARPS", "V3B_T", "V3B_CKPT", "V3B_CHUNK")
     saved = {name: getattr(triton_scan, name) for name in names}
     fwd_configs = [  # (label, settings)
         ("v3 default (1 warp, 1 thread/channel, adaptive chunks, tiles)", {}),
         ("v3 whole sequence (no chunks)", {"V3_FWD_CHUNK": 0}),
         ("v3 4 warps/program", {"V3_WARPS": 4}),
         ("v3 2 threads/channel", {"V3_N_SPLIT": 2}),
-        ("v3 untiled (one position per load)", {"V3_TILED": False}),
         ("v2 seq chunk 128 BLOCK_D 32 warps 4", {"FWD_KIND": "seq", "FWD_CHUNK": 128, "FWD_BLOCK_D": 32}),
     ]
-    bwd_configs = [  # (label, settings); the backward is version 2's in all rows
-        ("v3 fwd, v2 bwd chunk 64 BLOCK_D 2 per program 64 warps 8", {}),
-        ("v3 fwd, v2 bwd chunk 32 BLOCK_D 2 per program 64 warps 4", {"BWD_CHUNK": 32, "BWD_WARPS": 4}),
-        ("v2 seq fwd, v2 bwd chunk 32 BLOCK_D 2 per program 64 warps 4",
-         {"FWD_KIND": "seq", "BWD_CHUNK": 32, "BWD_WARPS": 4}),
+    bwd_configs = [  # (label, settings)
+        ("v3 fwd+ckpt 8, v3 bwd (1 warp, tile 4, adaptive chunks, dB/dC partials)", {}),
+        ("v3 bwd checkpoint every 4 (no sweep)", {"V3B_CKPT": 4}),
+        ("v3 bwd checkpoint every 16", {"V3B_CKPT": 16}),
+        ("v3 bwd dB/dC atomics", {"BWD_BC_REDUCE": "atomic"}),
+        ("v3 bwd whole sequence (no chunks)", {"V3B_CHUNK": 0}),
+        ("v3 bwd 4 warps/program", {"V3B_WARPS": 4}),
+        ("v3 fwd, v2 bwd chunk 64 BLOCK_D 2 per program 64 warps 8", {"BWD_KIND": "v2"}),
     ]
     fn = triton_scan.triton_selective_scan
 
@@ -232,7 +236,10 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         for name, value in settings.items():
             setattr(triton_scan, name, value)
         try:
-            print(f"sweep {'fwd+bwd' if backward else 'fwd'} {label}: {time_backend(fn, None, backward):.3f} ms", flush=True)
+            print(
+                f"sweep {'fwd+bwd' if backward else 'fwd'} {label}: {time_backend(fn, None, backward):.3f} ms",
+                flush=True,
+            )
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
 

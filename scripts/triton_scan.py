@@ -707,13 +707,12 @@ if triton is not None:
         them, in registers), then every tile from the last one: its states h_t are recomputed from its start into
         registers and the positions are walked backwards with g_t = C_t dy_t + gq. SUMMARY: g only (no h)."""
         cols = tl.arange(0, T)
-        N_TILES: tl.constexpr = CKPT // T
         if not SUMMARY:
-            starts = tl.zeros([N_TILES, N_PAD, BLOCK_D], dtype=tl.float32)
-            tiles = tl.arange(0, N_TILES)
+            starts = tl.zeros([(CKPT // T), N_PAD, BLOCK_D], dtype=tl.float32)
+            tiles = tl.arange(0, (CKPT // T))
             starts = tl.where(tiles[:, None, None] == 0, h_start[None, :, :], starts)
             h = h_start
-            for i in tl.static_range(N_TILES - 1):
+            for i in tl.static_range((CKPT // T) - 1):
                 h, _h_tile, _u, _x, _dt = _v3b_recompute(
                     h,
                     a_log2,
@@ -733,8 +732,8 @@ if triton is not None:
                     BLOCK_D,
                 )
                 starts = tl.where(tiles[:, None, None] == i + 1, h[None, :, :], starts)
-        for j in tl.static_range(N_TILES):
-            i = N_TILES - 1 - j
+        for j in tl.static_range((CKPT // T)):
+            i = (CKPT // T) - 1 - j
             base = seg_begin + i * T
             if SUMMARY:
                 for s in tl.static_range(T):

@@ -140,8 +140,10 @@ def test_interpreter_matches_torch_scan(monkeypatch, forward_kind, dtype, batch,
     ],
 )
 def test_interpreter_chunk_boundaries(monkeypatch, length, chunk, forward_kind, bc_reduce):
-    # G = 2 groups of 4 channels, N = 12 (padded to 16); two channel tiles per backward program and two dB/dC
-    # partials per group; the summary and the tile forward take 16 positions at a time, so chunks of 32 take two.
+    # Version-2 backward. G = 2 groups of 4 channels, N = 12 (padded to 16); two channel tiles per backward program
+    # and two dB/dC partials per group; the summary and the tile forward take 16 positions at a time, so chunks of 32
+    # take two.
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "v2")
     for name, value in (("FWD_KIND", forward_kind), ("FWD_CHUNK", chunk), ("BWD_CHUNK", chunk)):
         monkeypatch.setattr(triton_scan, name, value)
     for name, value in (("FWD_TILE_T", 16), ("SUM_BLOCK_T", 16), ("BWD_BC_REDUCE", bc_reduce)):
@@ -159,6 +161,7 @@ def test_interpreter_chunk_boundaries(monkeypatch, length, chunk, forward_kind, 
 def test_interpreter_without_d_or_bias(monkeypatch, drop):
     monkeypatch.setattr(triton_scan, "FWD_CHUNK", 16)
     monkeypatch.setattr(triton_scan, "BWD_CHUNK", 16)
+    monkeypatch.setattr(triton_scan, "V3B_CHUNK", 16)  # version-3 backward: three chunks
     inputs = make_inputs(7, 1, 4, 40, 4, 2, torch.float32)
     dy = torch.randn(1, 4, 40, generator=torch.Generator().manual_seed(8))
     compare_with_torch_scan(inputs, dy, 1e-5, drop=drop)
@@ -170,6 +173,7 @@ def test_interpreter_bf16_inputs(monkeypatch):
     # differences are the bf16 rounding of y, du, ddelta (~4e-3) and the fp32 -> bf16 cast of dB, dC.
     monkeypatch.setattr(triton_scan, "FWD_CHUNK", 16)
     monkeypatch.setattr(triton_scan, "BWD_CHUNK", 16)
+    monkeypatch.setattr(triton_scan, "V3B_CHUNK", 16)
     inputs = make_inputs(9, 1, 8, 40, 4, 4, torch.float32)
     inputs = [t.bfloat16() if t.dim() >= 3 else t for t in inputs]
     dy = torch.randn(1, 8, 40, generator=torch.Generator().manual_seed(10)).bfloat16()
@@ -222,3 +226,54 @@ def test_interpreter_v3_forward_variants(monkeypatch, length, settings):
     inputs = make_inputs(11, 1, 32, length, 12, 2, torch.float32)  # N = 12: padded states
     dy = torch.randn(1, 32, length, generator=torch.Generator().manual_seed(12))
     compare_with_torch_scan(inputs, dy, 1e-5)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+@pytest.mark.parametrize(
+    "length, dim, groups, settings",
+    [
+        # Unaligned rows (L % 16 != 0), L not a multiple of the checkpoint interval or the tile: the sequence's last,
+        # partial segment is masked; three backward chunks (summary launch, reverse carry); G = 2 groups of 4.
+        (37, 8, 2, {"V3B_CHUNK": 16}),
+        # Aligned rows (tiled forward), two forward and two backward chunks; 32-channel programs (one warp).
+        (64, 32, 1, {"V3B_CHUNK": 32, "V3_FWD_CHUNK": 32}),
+        # Checkpoint every tile (no sweep), chunks of 24 (not a power of two), the last one partial.
+        (60, 8, 2, {"V3B_CHUNK": 24, "V3B_CKPT": 4}),
+        # Checkpoint every 16 positions (sweep over three tiles), dB/dC by atomics, one group.
+        (50, 8, 1, {"V3B_CHUNK": 16, "V3B_CKPT": 16, "BWD_BC_REDUCE": "atomic"}),
+        # 8-position tiles, whole sequence in one backward chunk.
+        (50, 8, 2, {"V3B_CHUNK": 0, "V3B_T": 8}),
+        # Adaptive chunking (V3B_MIN_WARPS) with a version-2 inference forward.
+        (70, 8, 4, {"V3B_MIN_WARPS": 2, "FWD_KIND": "seq"}),
+    ],
+)
+def test_interpreter_v3_backward_variants(monkeypatch, length, dim, groups, settings):
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "v3")
+    for name, value in settings.items():
+        monkeypatch.setattr(triton_scan, name, value)
+    inputs = make_inputs(13, 1, dim, length, 12, groups, torch.float32)  # N = 12: padded states
+    dy = torch.randn(1, dim, length, generator=torch.Generator().manual_seed(14))
+    compare_with_torch_scan(inputs, dy, 1e-5)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+def test_interpreter_v3_backward_bf16_unaligned_rows(monkeypatch):
+    # bf16 u, delta, B, C, dy on rows that are not 16-byte aligned (L = 45), two backward chunks.
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "v3")
+    monkeypatch.setattr(triton_scan, "V3B_CHUNK", 24)
+    inputs = make_inputs(15, 1, 8, 45, 12, 2, torch.float32)
+    inputs = [t.bfloat16() if t.dim() >= 3 else t for t in inputs]
+    dy = torch.randn(1, 8, 45, generator=torch.Generator().manual_seed(16)).bfloat16()
+    compare_with_torch_scan(inputs, dy, 1e-2)
+
+
+@pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
+def test_v3_backward_checks_its_knobs(monkeypatch):
+    monkeypatch.setattr(triton_scan, "V3B_CKPT", 6)
+    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
+    with pytest.raises(ValueError, match="V3B_CKPT"):
+        triton_scan.triton_selective_scan(*inputs)
+    monkeypatch.setattr(triton_scan, "V3B_CKPT", 8)
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "v4")
+    with pytest.raises(ValueError, match="BWD_KIND"):
+        triton_scan.triton_selective_scan(*inputs)

@@ -201,13 +201,14 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
 
 
 def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
-    """Time the forward candidates and the backward candidates on the whole 16-scan step, one line each (12 rows;
-    every row is a few kernel compiles plus 13 timed 16-scan steps at --steps 10 --warmup 3).
+    """Time the forward candidates and the backward candidates on the whole 16-scan step, one line each (9 rows;
+    every row is a few kernel compiles plus 13 timed 16-scan steps at --steps 10 --warmup 3; the version-3 backward
+    kernel is large, ~30-60 s per compile, three per checkpoint interval).
 
     Forward (inference path), FWD_KIND "v3": V3_WARPS, V3_N_SPLIT (threads per channel), V3_FWD_CHUNK (None =
     adaptive, 0 = whole sequence); "seq" = version 2's best row (chunk 128, BLOCK_D 32). Forward+backward (training):
-    BWD_KIND "v3" (version-3 forward with checkpoints + version-3 backward): V3B_CKPT (checkpoint interval), dB/dC
-    partials vs atomics, V3B_CHUNK (0 = no chunks: no summary launch), V3B_WARPS; and the version-2 backward."""
+    BWD_KIND "v3" (version-3 forward with checkpoints + version-3 backward): V3B_CKPT (checkpoint interval),
+    V3B_CHUNK (0 = no chunks: no summary launch); and the version-2 backward."""
     names = ("FWD_KIND", "FWD_CHUNK", "FWD_BLOCK_D", "FWD_WARPS", "V3_WARPS", "V3_N_SPLIT", "V3_FWD_CHUNK", "V3_TILED")
     names += ("BWD_KIND", "BWD_CHUNK", "BWD_BLOCK_D", "BWD_D_PER_PROGRAM", "BWD_WARPS", "BWD_BC_REDUCE")
     names += ("V3B_WARPS", "V3B_T", "V3B_CKPT", "V3B_CHUNK")
@@ -220,12 +221,9 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         ("v2 seq chunk 128 BLOCK_D 32 warps 4", {"FWD_KIND": "seq", "FWD_CHUNK": 128, "FWD_BLOCK_D": 32}),
     ]
     bwd_configs = [  # (label, settings)
-        ("v3 fwd+ckpt 8, v3 bwd (1 warp, tile 4, adaptive chunks, dB/dC partials)", {}),
-        ("v3 bwd checkpoint every 4 (no sweep)", {"V3B_CKPT": 4}),
-        ("v3 bwd checkpoint every 16", {"V3B_CKPT": 16}),
-        ("v3 bwd dB/dC atomics", {"BWD_BC_REDUCE": "atomic"}),
-        ("v3 bwd whole sequence (no chunks)", {"V3B_CHUNK": 0}),
-        ("v3 bwd 4 warps/program", {"V3B_WARPS": 4}),
+        ("v3 fwd+ckpt 4, v3 bwd (1 warp, tile 4, adaptive chunks, dB/dC partials)", {}),
+        ("v3 bwd checkpoint every 8 (sweep + 2 tiles)", {"V3B_CKPT": 8}),
+        ("v3 bwd whole sequence (no chunks, no summary launch)", {"V3B_CHUNK": 0}),
         ("v3 fwd, v2 bwd chunk 64 BLOCK_D 2 per program 64 warps 8", {"BWD_KIND": "v2"}),
     ]
     fn = triton_scan.triton_selective_scan

@@ -92,10 +92,11 @@ V3_MIN_WARPS = 2112  # 4 warps per sub-partition of an H100/H200 (132 SMs x 4)
 # (_chunk_bwd_kernel; the training forward runs FWD_KIND at BWD_CHUNK and saves the chunk starts).
 BWD_KIND = "v3"
 # Version 3 backward: 32 * V3B_WARPS channels per program (one thread each), V3B_T positions recomputed into
-# registers at a time, a forward checkpoint every V3B_CKPT positions (a multiple of V3B_T and of V3_T, a power of two
-# <= 16: the training forward saves N / V3B_CKPT fp32 values per (channel, position), 2 x u's size at fp32 and 8).
+# registers at a time, a forward checkpoint every V3B_CKPT positions (4, 8 or 16, a multiple of V3B_T and V3_T: the
+# training forward saves N / V3B_CKPT fp32 values per (channel, position), 4 x u's size at fp32 and 4; at 8 or 16 the
+# backward first sweeps each checkpoint segment to get its tile starts, and its unrolled code doubles or quadruples).
 # Chunks: V3B_CHUNK positions (0 = whole sequence) or None = the fewest that give V3B_MIN_WARPS warps (as V3_FWD_CHUNK).
-V3B_WARPS, V3B_T, V3B_CKPT = 1, 4, 8
+V3B_WARPS, V3B_T, V3B_CKPT = 1, 4, 4
 V3B_CHUNK: int | None = None
 V3B_MIN_WARPS = 2112
 
@@ -862,6 +863,7 @@ if triton is not None:
         n_dblocks,
         n_bc_blocks,
         n_seg,
+        chunk_len,
         stride_u_batch,
         stride_u_dim,
         stride_delta_batch,
@@ -883,11 +885,11 @@ if triton is not None:
         BLOCK_D: tl.constexpr,
         T: tl.constexpr,
         CKPT: tl.constexpr,
-        CHUNK: tl.constexpr,
     ):
         """Version 3 backward, one (channel block, chunk, batch item) per program, one thread per channel holding its
         N_PAD states of h, g, A and dA in registers; the chunk is walked backwards CKPT positions (one forward
-        checkpoint) at a time, see _v3b_segment. CHUNK = 0: the whole sequence.
+        checkpoint) at a time, see _v3b_segment. chunk_len (a multiple of CKPT, or >= L for one chunk) is a
+        runtime argument so that SS2D's stages share compiles.
 
         Not SUMMARY: du, ddelta; dB, dC partials (batch, G, n_bc_blocks, N, L) (one row per program, summed over the
         channel axis across lanes; atomics into n_bc_blocks = 1 with ATOMIC_BC); dA, dD, dbias partials (batch,
@@ -926,12 +928,8 @@ if triton is not None:
         else:
             bc_block = (pid_d * BLOCK_D % channels_per_group) // BLOCK_D
         bc_rows = (((batch * n_groups + group) * n_bc_blocks + bc_block) * n_state + states) * length
-        if CHUNK == 0:
-            begin = 0
-            end = length
-        else:
-            begin = chunk * CHUNK
-            end = tl.minimum(begin + CHUNK, length)
+        begin = chunk * chunk_len
+        end = tl.minimum(begin + chunk_len, length)
         da_acc = zero2.to(tl.float32)
         dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)  # SUMMARY: the chunk's dt total
@@ -1607,6 +1605,7 @@ def _backward_v3(
     n_dblocks = dim // block_d
     chunk = _adaptive_chunk(V3B_CHUNK, V3B_MIN_WARPS, n_dblocks * batch * warps, length, V3B_CKPT)
     n_chunks = 1 if chunk == 0 else triton.cdiv(length, chunk)
+    chunk_len = length if chunk == 0 else chunk
     n_seg = triton.cdiv(length, V3B_CKPT)
     if BWD_BC_REDUCE not in ("partial", "atomic"):
         raise ValueError(f"triton_scan.BWD_BC_REDUCE must be 'partial' or 'atomic', got {BWD_BC_REDUCE!r}")
@@ -1635,7 +1634,6 @@ def _backward_v3(
         BLOCK_D=block_d,
         T=V3B_T,
         CKPT=V3B_CKPT,
-        CHUNK=chunk,
         num_warps=warps,
     )
     carry = None
@@ -1667,6 +1665,7 @@ def _backward_v3(
             n_dblocks,
             n_bc_blocks,
             n_seg,
+            chunk_len,
             *strides,
             HAS_CARRY=False,
             SUMMARY=True,
@@ -1709,6 +1708,7 @@ def _backward_v3(
         n_dblocks,
         n_bc_blocks,
         n_seg,
+        chunk_len,
         *strides,
         HAS_CARRY=carry is not None,
         SUMMARY=False,

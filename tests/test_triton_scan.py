@@ -213,7 +213,7 @@ def test_gpu_bf16_inputs_match_fp32_scan():
     "length, settings",
     [
         (64, {"V3_FWD_CHUNK": 32}),  # tiles, two chunks (summary, carry, output from the starts)
-        (48, {"V3_N_SPLIT": 2, "V3_T": 8}),  # two threads per channel, 8-position tiles, whole sequence
+        (48, {"V3_N_SPLIT": 2, "V3_T": 8, "V3B_CKPT": 8}),  # two threads per channel, 8-position tiles, one chunk
         (37, {"V3_FWD_CHUNK": 16}),  # unaligned rows: one position per load, masked tail, three chunks
         (64, {"V3_TILED": False, "V3_FWD_CHUNK": 0}),
     ],
@@ -237,12 +237,12 @@ def test_interpreter_v3_forward_variants(monkeypatch, length, settings):
         (37, 8, 2, {"V3B_CHUNK": 16}),
         # Aligned rows (tiled forward), two forward and two backward chunks; 32-channel programs (one warp).
         (64, 32, 1, {"V3B_CHUNK": 32, "V3_FWD_CHUNK": 32}),
-        # Checkpoint every tile (no sweep), chunks of 24 (not a power of two), the last one partial.
-        (60, 8, 2, {"V3B_CHUNK": 24, "V3B_CKPT": 4}),
+        # Checkpoint every 8 positions (sweep + 2 tiles), chunks of 24 (not a power of two), the last one partial.
+        (60, 8, 2, {"V3B_CHUNK": 24, "V3B_CKPT": 8}),
         # Checkpoint every 16 positions (sweep over three tiles), dB/dC by atomics, one group.
         (50, 8, 1, {"V3B_CHUNK": 16, "V3B_CKPT": 16, "BWD_BC_REDUCE": "atomic"}),
         # 8-position tiles, whole sequence in one backward chunk.
-        (50, 8, 2, {"V3B_CHUNK": 0, "V3B_T": 8}),
+        (50, 8, 2, {"V3B_CHUNK": 0, "V3B_T": 8, "V3B_CKPT": 8}),
         # Adaptive chunking (V3B_MIN_WARPS) with a version-2 inference forward.
         (70, 8, 4, {"V3B_MIN_WARPS": 2, "FWD_KIND": "seq"}),
     ],
@@ -273,7 +273,7 @@ def test_v3_backward_checks_its_knobs(monkeypatch):
     inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
     with pytest.raises(ValueError, match="V3B_CKPT"):
         triton_scan.triton_selective_scan(*inputs)
-    monkeypatch.setattr(triton_scan, "V3B_CKPT", 8)
+    monkeypatch.setattr(triton_scan, "V3B_CKPT", 4)
     monkeypatch.setattr(triton_scan, "BWD_KIND", "v4")
     with pytest.raises(ValueError, match="BWD_KIND"):
         triton_scan.triton_selective_scan(*inputs)

@@ -1,5 +1,5 @@
 """Triton selective scan (S6) for Mamba-UNet's SS2D: forward version 3 (default, FWD_KIND = "v3") or version 2
-("seq"/"tile"), hand-written version-2 backward, fp32 state, any float I/O.
+("seq"/"tile"), backward version 3 (default, BWD_KIND = "v3") or version 2, fp32 state, any float I/O.
 
 Computes mamba-ssm's ``selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias, delta_softplus=True)`` with grouped
 B/C: ``dt = softplus(delta + delta_bias)``; ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t`` (``h_{-1} = 0``);
@@ -39,7 +39,17 @@ shuffle), the recurrence one position at a time. Where rows are 16-byte aligned 
 [N, T, BLOCK_D] broadcast tiles; a position is taken out of a tile by a where/sum over the in-thread axis (filler
 -0.0, so it folds to a register move). Elsewhere (L = 196, 49) one position per load. Long sequences that would give
 fewer than V3_MIN_WARPS warps are split into chunks as above (a summary launch of the same kernel without C/y, v2's
-carry, the output launch); the training forward runs at BWD_CHUNK for the version-2 backward.
+carry, the output launch); with the version-2 backward the training forward runs at BWD_CHUNK (its chunk starts).
+
+Backward version 3 (``_v3_bwd_kernel``, BWD_KIND = "v3"; static analysis only, not yet measured): the training
+forward is version 3's at its own chunking and also writes the state entering every V3B_CKPT-th position (fp32
+checkpoints, N / V3B_CKPT values per (channel, position)). One thread per channel holds the N states of h, g, A and
+the dA sum; each program walks its chunk backwards one checkpoint segment at a time: the states h_t of V3B_T
+positions are recomputed from the checkpoint (after a sweep to the tile start when V3B_CKPT > V3B_T) into registers,
+then g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} goes backwards over them with e_t = g_t (h_t - dt_t u_t B_t); du, ddelta
+come from in-thread sums over N, dB_t and dC_t from a sum over the program's channels (across lanes) into per-program
+partial rows (or atomics, BWD_BC_REDUCE). Chunks as the forward's (V3B_MIN_WARPS); the adjoint entering a chunk comes
+from a summary launch of the same kernel (g alone, from zero) and the reverse carry kernel.
 
 Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
 """
@@ -1726,7 +1736,8 @@ def _backward_v3(
 
 
 class TritonSelectiveScan(torch.autograd.Function):
-    """Differentiable Triton selective scan; saves the inputs plus the (batch, n_chunks, dim, N) fp32 chunk starts."""
+    """Differentiable Triton selective scan; saves the inputs plus fp32 states: the version-3 forward's checkpoints
+    (batch, L / V3B_CKPT, dim, N) or, for the version-2 backward, its (batch, n_chunks, dim, N) chunk starts."""
 
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]

@@ -235,7 +235,8 @@ if triton is not None:
         ok = idx < dim * n_state
         a_log2 = tl.load(a_ptr + idx, mask=ok, other=0.0).to(tl.float32) * 1.4426950408889634
         h = tl.zeros([BLOCK], dtype=tl.float32)
-        for step in range(0, n_chunks):
+        # The last chunk in scan order passes nothing on, so its summary is never read (v3 does not even write it).
+        for step in range(0, n_chunks - 1):
             if REVERSE:
                 chunk = n_chunks - 1 - step
             else:
@@ -245,6 +246,11 @@ if triton is not None:
             total = tl.load(sums_ptr + base * dim + idx // n_state, mask=ok, other=0.0)
             tl.store(state_ptr + base * dim * n_state + idx, h, mask=ok)
             h = tl.exp2(a_log2 * total) * h + local
+        if REVERSE:
+            last = batch * n_chunks
+        else:
+            last = batch * n_chunks + n_chunks - 1
+        tl.store(state_ptr + last * dim * n_state + idx, h, mask=ok)
 
     @triton.jit
     def _chunk_output_kernel(

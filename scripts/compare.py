@@ -188,9 +188,10 @@ def run_network(
         logger.info("%s: evaluating (log %s)", name, folder / "eval.log")
         record["eval_wall_s"] = _run_logged(eval_command, folder / "eval.log", f"evaluation of {name}")
     except CommandFailed as error:
-        # under torchrun the launcher exits 1 when its workers exit EXIT_RESUMABLE: the log line tells
-        training_log = (folder / "train.log").read_text(errors="replace") if record["status"] == "training" else ""
-        interrupted = error.status == EXIT_RESUMABLE or TIME_LIMIT_STOP in training_log
+        # under torchrun the launcher exits 1 when its workers exit EXIT_RESUMABLE: this command's log line tells
+        interrupted = record["status"] == "training" and (
+            error.status == EXIT_RESUMABLE or TIME_LIMIT_STOP in (folder / "train.log").read_text(errors="replace")
+        )
         record["status"] = "interrupted" if interrupted else "failed"
         record.update(_latest_state(folder / "models"))
         _write_json(record_file, record)

@@ -12,8 +12,7 @@ a stage gets its own input set, so repeated calls do not time the L2 cache. Timi
 sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
---sweep times the forward candidates first (version 3 variants, version 2's best) and the training path with the
-version-3 backward's variants and the version-2 backward.
+--sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first.
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--check", action="store_true", help="print errors against mamba-ssm first")
-    parser.add_argument("--sweep", action="store_true", help="time configurations of the Triton kernels first")
+    parser.add_argument("--sweep", action="store_true", help="time tile configurations of the Triton kernels first")
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not triton_scan.triton_available():
@@ -185,8 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         whole = (time_backend(fn, None, False), time_backend(fn, None, True))
         lines.append(_row(name, "16 in a row", whole[0], None, whole[1], None, baseline.get("row")))
         baseline.setdefault("row", whole)
-    device = torch.cuda.get_device_name()
-    print(f"batch {args.batch}, {args.dtype} inputs, {device}: median of {args.steps} after {args.warmup} warm-up")
+    print(f"batch {args.batch}, {args.dtype} inputs, H100 timings: median of {args.steps} after {args.warmup} warm-up")
     print("\n".join(lines))
 
 
@@ -201,50 +199,45 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
 
 
 def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
-    """Time the forward candidates and the backward candidates on the whole 16-scan step, one line each (9 rows;
-    every row is a few kernel compiles plus 13 timed 16-scan steps at --steps 10 --warmup 3; the version-3 backward
-    kernel is large, ~30-60 s per compile, three per checkpoint interval).
-
-    Forward (inference path), FWD_KIND "v3": V3_WARPS, V3_N_SPLIT (threads per channel), V3_FWD_CHUNK (None =
-    adaptive, 0 = whole sequence); "seq" = version 2's best row (chunk 128, BLOCK_D 32). Forward+backward (training):
-    BWD_KIND "v3" (version-3 forward with checkpoints + version-3 backward): V3B_CKPT (checkpoint interval),
-    V3B_CHUNK (0 = no chunks: no summary launch); and the version-2 backward."""
-    names = ("FWD_KIND", "FWD_CHUNK", "FWD_BLOCK_D", "FWD_WARPS", "V3_WARPS", "V3_N_SPLIT", "V3_FWD_CHUNK", "V3_TILED")
-    names += ("BWD_KIND", "BWD_CHUNK", "BWD_BLOCK_D", "BWD_D_PER_PROGRAM", "BWD_WARPS", "BWD_BC_REDUCE")
-    names += ("V3B_WARPS", "V3B_T", "V3B_CKPT", "V3B_CHUNK")
+    """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
+    BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward tiles (BLOCK_D, BLOCK_L, num_warps)."""
+    names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
+    names += ("BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
     saved = {name: getattr(triton_scan, name) for name in names}
-    fwd_configs = [  # (label, settings)
-        ("v3 default (1 warp, 1 thread/channel, adaptive chunks, tiles)", {}),
-        ("v3 whole sequence (no chunks)", {"V3_FWD_CHUNK": 0}),
-        ("v3 4 warps/program", {"V3_WARPS": 4}),
-        ("v3 2 threads/channel", {"V3_N_SPLIT": 2}),
-        ("v2 seq chunk 128 BLOCK_D 32 warps 4", {"FWD_KIND": "seq", "FWD_CHUNK": 128, "FWD_BLOCK_D": 32}),
-    ]
-    bwd_configs = [  # (label, settings)
-        ("v3 fwd+ckpt 4, v3 bwd (1 warp, tile 4, adaptive chunks, dB/dC partials)", {}),
-        ("v3 bwd checkpoint every 8 (sweep + 2 tiles)", {"V3B_CKPT": 8}),
-        ("v3 bwd whole sequence (no chunks, no summary launch)", {"V3B_CHUNK": 0}),
-        ("v3 fwd, v2 bwd chunk 64 BLOCK_D 2 per program 64 warps 8", {"BWD_KIND": "v2"}),
-    ]
+    fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
+    fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
+    bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
     fn = triton_scan.triton_selective_scan
 
-    def timed(label: str, settings: dict, backward: bool) -> None:
-        for name, value in saved.items():
-            setattr(triton_scan, name, value)
-        for name, value in settings.items():
-            setattr(triton_scan, name, value)
+    def timed(label: str, backward: bool) -> None:
         try:
-            print(
-                f"sweep {'fwd+bwd' if backward else 'fwd'} {label}: {time_backend(fn, None, backward):.3f} ms",
-                flush=True,
-            )
+            print(f"sweep {label}: {time_backend(fn, None, backward):.3f} ms", flush=True)
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
 
-    for label, settings in fwd_configs:
-        timed(label, settings, False)
-    for label, settings in bwd_configs:
-        timed(label, settings, True)
+    for kind, block_d, block_l_or_unroll, warps in fwd_configs:
+        triton_scan.FWD_KIND = kind
+        if kind == "tile":
+            triton_scan.FWD_BLOCK_D, triton_scan.FWD_BLOCK_L, triton_scan.FWD_WARPS = block_d, block_l_or_unroll, warps
+        else:
+            triton_scan.FWD_SEQ_BLOCK_D, triton_scan.FWD_UNROLL, triton_scan.FWD_SEQ_WARPS = (
+                block_d,
+                block_l_or_unroll,
+                warps,
+            )
+        timed(f"fwd {kind} {(block_d, block_l_or_unroll, warps)}", False)
+    triton_scan.FWD_KIND = saved["FWD_KIND"]
+    for seq_fwd in (False, True):  # the training forward with the tile kernel or the seq kernel
+        triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"
+        for config in bwd_configs:
+            triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
+            timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config}", True)
+    # Diagnostic: the same without the dB/dC atomics (wrong dB, dC), to see what the cross-program reduction costs.
+    triton_scan.BWD_REDUCE_BC = False
+    for config in bwd_configs[:3]:
+        triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
+        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
+    triton_scan.BWD_REDUCE_BC = True
     for name, value in saved.items():
         setattr(triton_scan, name, value)
 

@@ -11,7 +11,8 @@ of the best checkpoint on the validation split (``configs/evaluate.json``). Ever
 ``--amp true``, ``--max_iterations 1000``, ...) is passed to both commands unchanged.
 
 Everything of a network stays in ``<out>/<network>/``: ``models/``, ``logs/`` (TensorBoard), ``eval/evaluation_val_*``
-(the full report), ``train.log``, ``eval.log`` and ``run.json`` (commands, wall times, iterations, img/s, best
+(the full report), ``train.log`` and ``eval.log`` (every command's output appended after a dated header, so a resumed
+run keeps the logs of all its commands) and ``run.json`` (commands, wall times, iterations, img/s, best
 validation Dice and its iteration). A network whose ``run.json`` says ``done`` is not run again, and an interrupted
 training resumes from its ``latest.pt`` when the command is repeated. ``<out>/comparison.md`` and ``comparison.json``
 are rebuilt from all ``run.json`` files after every network: the mean over RV/MYO/LV of the 8 report metrics, the
@@ -54,11 +55,12 @@ RECORD = "run.json"
 
 
 class CommandFailed(RuntimeError):
-    """A training or evaluation subprocess exited non-zero (``status``); the message names its log."""
+    """A training or evaluation subprocess exited non-zero (``status``; 1 for a missing result); the message names its
+    log, ``output`` is what that command wrote to it."""
 
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message, status)
-        self.message, self.status = message, status
+    def __init__(self, message: str, status: int = 1, output: str = "") -> None:
+        super().__init__(message, status, output)
+        self.message, self.status, self.output = message, status, output
 
     def __str__(self) -> str:
         return self.message
@@ -89,16 +91,21 @@ def bundle_command(mode: str, config_files: Sequence[Path], extra_args: Sequence
 
 
 def _run_logged(command: list[str], log_file: Path, what: str) -> float:
-    """Run command with stdout+stderr to log_file; return its wall time in s, or raise CommandFailed."""
+    """Run command with stdout+stderr appended to log_file (a resumed run keeps the log of every command, each after
+    a dated header); return its wall time in s, or raise CommandFailed."""
     start = time.perf_counter()
-    with open(log_file, "w") as log:
-        log.write(" ".join(command) + "\n\n")
+    with open(log_file, "a") as log:
+        offset = log.tell()
+        log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(command)}\n\n")
         log.flush()
         status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=BUNDLE_ROOT).returncode
     wall = time.perf_counter() - start
     if status != 0:
-        tail = log_file.read_text(errors="replace").splitlines()[-15:]
-        raise CommandFailed(f"{what} failed (exit {status}); log {log_file}:\n" + "\n".join(tail), status)
+        with open(log_file, errors="replace") as log:
+            log.seek(offset)
+            output = log.read()
+        tail = "\n".join(output.splitlines()[-15:])
+        raise CommandFailed(f"{what} failed (exit {status}); log {log_file}:\n{tail}", status, output)
     return wall
 
 
@@ -190,7 +197,7 @@ def run_network(
     except CommandFailed as error:
         # under torchrun the launcher exits 1 when its workers exit EXIT_RESUMABLE: this command's log line tells
         interrupted = record["status"] == "training" and (
-            error.status == EXIT_RESUMABLE or TIME_LIMIT_STOP in (folder / "train.log").read_text(errors="replace")
+            error.status == EXIT_RESUMABLE or TIME_LIMIT_STOP in error.output
         )
         record["status"] = "interrupted" if interrupted else "failed"
         record.update(_latest_state(folder / "models"))

@@ -75,11 +75,25 @@ def test_a_time_limited_training_stops_resumably_and_the_rerun_completes_it(comp
     record = json.loads((runs / "unet" / "run.json").read_text())
     assert record["status"] == "interrupted" and record["iteration"] == 2 and record["segments"] == 1
 
+    # a failure after the stop is a failure (the earlier command's stop line in the same log does not count)
+    failing = ["--networks", "unet", "--out", str(runs), *DEMO, "--dataset_dir", str(tmp_path / "missing"), *TINY]
+    assert compare.main(failing + ["--data_source", "ssl4mis"]) == 1
+    assert json.loads((runs / "unet" / "run.json").read_text())["status"] == "failed"
+
     assert compare.main(args) == 0
     record = json.loads((runs / "unet" / "run.json").read_text())
     assert record["status"] == "done" and record["iteration"] == 4 and record["segments"] == 2
     assert record["iterations_trained"] == 2  # by the resuming command; train_seconds covers both
     assert record["train_img_per_s"] == pytest.approx(4 * 2 / record["train_seconds"])
+    # train.log keeps every command's output, each after its own header
+    log = (runs / "unet" / "train.log").read_text()
+    assert log.count("=== ") == 3 and compare.TIME_LIMIT_STOP in log and "Resumed from" in log
+
+
+def test_an_evaluation_without_a_report_is_a_command_failure(tmp_path):
+    with pytest.raises(compare.CommandFailed, match="evaluation wrote no report") as failure:
+        compare._newest_report(tmp_path)
+    assert failure.value.status == 1
 
 
 def test_command_line_is_checked_and_overrides_parsed():

@@ -184,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         whole = (time_backend(fn, None, False), time_backend(fn, None, True))
         lines.append(_row(name, "16 in a row", whole[0], None, whole[1], None, baseline.get("row")))
         baseline.setdefault("row", whole)
-    print(f"batch {args.batch}, {args.dtype} inputs, H100 timings: median of {args.steps} after {args.warmup} warm-up")
+    device = torch.cuda.get_device_name()
+    print(f"batch {args.batch}, {args.dtype} inputs, {device}: median of {args.steps} after {args.warmup} warm-up")
     print("\n".join(lines))
 
 

@@ -19,8 +19,10 @@ avoids both the shift and a division. dB and dC (sums over a group's channels) a
 batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
 backward the gradients are not bitwise deterministic.
 
-Measured on an H200 (docs/performance.md): 21.8 ms forward and 100.1 ms forward+backward for the 16 scans of a
-batch-24 training step, against mamba-ssm's 17.0 and 66.6, so mamba-ssm stays the default. Two later designs were
+Measured on an H200 (docs/performance.md): 14.0 ms forward and 92.3 ms forward+backward for the 16 scans of a
+batch-24 training step, against mamba-ssm's 17.1 and 66.7 (1.22x forward, 0.72x forward+backward), so mamba-ssm stays
+the default. The forward came down from 21.8 ms with B/C read position-major and smaller programs
+(scripts/benchmark_scan_parts.py located the time). Two later designs were
 measured slower still and removed (their code is commit 0eff9e2): chunk-parallel (version 2: 27.6 / 123.5 ms at its
 best settings) and one thread per channel with the states in registers (version 3: 28.5 / 183 ms).
 
@@ -48,7 +50,13 @@ except ImportError:  # pragma: no cover - depends on the environment
 # scripts/benchmark_scan.py (see its docstring for the sweep).
 FWD_BLOCK_D, FWD_BLOCK_L, FWD_WARPS = 8, 64, 4
 # Forward kernel: "tile" (associative scan over BLOCK_L positions) or "seq" (one position per step, FWD_UNROLL-unrolled).
-FWD_KIND, FWD_SEQ_BLOCK_D, FWD_SEQ_WARPS, FWD_UNROLL = "seq", 16, 4, 4
+# seq defaults from one stage-0 scan on the H200 (docs/performance.md, "where the forward's time goes"): 8 channels
+# in one warp, 8-fold unrolled, with B and C read position-major: 1.71 ms instead of 3.29 ms at 16 / 4 warps / 4.
+FWD_KIND, FWD_SEQ_BLOCK_D, FWD_SEQ_WARPS, FWD_UNROLL = "seq", 8, 1, 8
+# True: the forward reads B and C from a position-major copy, (batch, G, L, N) in memory, so one position's N values
+# are one contiguous 64-byte load instead of N loads L elements apart (half of the seq forward's time); the copy costs
+# ~0.04 ms per stage-0 scan.
+FWD_BC_POSITION_MAJOR = True
 BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
 BWD_REDUCE_BC = True
@@ -99,6 +107,8 @@ if triton is not None:
         stride_c_batch,
         stride_c_group,
         stride_c_state,
+        stride_b_pos,
+        stride_c_pos,
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         SAVE_STATE: tl.constexpr,
@@ -143,8 +153,8 @@ if triton is not None:
             # dt = 0 past the end: decay 1 and input 0 keep the carried state unchanged there.
             dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
             bc_mask = state_ok[:, None] & pos_ok[None, :]
-            b_tile = tl.load(b_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
-            c_tile = tl.load(c_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+            b_tile = tl.load(b_rows + pos[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
+            c_tile = tl.load(c_rows + pos[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
 
             decay = tl.exp2(dt[:, None, :] * a_log2[:, :, None])  # [BLOCK_D, N, BLOCK_L]
             inputs = (dt * u)[:, None, :] * b_tile[None, :, :]
@@ -182,6 +192,8 @@ if triton is not None:
         stride_c_batch,
         stride_c_group,
         stride_c_state,
+        stride_b_pos,
+        stride_c_pos,
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         SAVE_STATE: tl.constexpr,
@@ -219,8 +231,8 @@ if triton is not None:
             if HAS_BIAS:
                 delta += bias
             dt = _softplus(delta)
-            b_col = tl.load(b_rows + pos, mask=state_ok, other=0.0).to(tl.float32)
-            c_col = tl.load(c_rows + pos, mask=state_ok, other=0.0).to(tl.float32)
+            b_col = tl.load(b_rows + pos * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+            c_col = tl.load(c_rows + pos * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * a_log2) * h + (dt * u)[:, None] * b_col[None, :]
             y = tl.sum(h * c_col[None, :], axis=1)
             if HAS_D:
@@ -420,6 +432,8 @@ def _forward(
         else y  # never written (SAVE_STATE=False), any pointer does
     )
     a_fp32 = A.float().contiguous()
+    if FWD_BC_POSITION_MAJOR:  # same (batch, G, N, L) view, position-major memory: strides (G L N, L N, 1, N)
+        B, C = (x.transpose(2, 3).contiguous().transpose(2, 3) for x in (B, C))
     kernel, extra = _scan_fwd_kernel, {}
     if FWD_KIND == "seq":
         block_d, num_warps = _block_d(per_group, FWD_SEQ_BLOCK_D), FWD_SEQ_WARPS
@@ -449,6 +463,8 @@ def _forward(
         C.stride(0),
         C.stride(1),
         C.stride(2),
+        B.stride(3),
+        C.stride(3),
         HAS_D=D is not None,
         HAS_BIAS=delta_bias is not None,
         SAVE_STATE=save_state,

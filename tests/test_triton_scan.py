@@ -81,6 +81,7 @@ def test_bad_shapes_raise_before_any_kernel_runs(index, bad_shape, message):
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
 @pytest.mark.parametrize("forward_kind", ["tile", "seq"])
+@pytest.mark.parametrize("bc_position_major", [True, False], ids=["bc_position_major", "bc_as_given"])
 @pytest.mark.parametrize(
     "dtype, batch, dim, length, d_state, groups",
     [
@@ -88,8 +89,11 @@ def test_bad_shapes_raise_before_any_kernel_runs(index, bad_shape, message):
         (torch.float64, 1, 4, 20, 5, None),  # N not a power of two, ungrouped B/C, fp64 in (fp32 inside)
     ],
 )
-def test_interpreter_matches_torch_scan(monkeypatch, forward_kind, dtype, batch, dim, length, d_state, groups):
+def test_interpreter_matches_torch_scan(
+    monkeypatch, forward_kind, bc_position_major, dtype, batch, dim, length, d_state, groups
+):
     monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
+    monkeypatch.setattr(triton_scan, "FWD_BC_POSITION_MAJOR", bc_position_major)
     monkeypatch.setattr(triton_scan, "BWD_BLOCK_L", 16)  # several tiles even on short sequences
     inputs = make_inputs(1, batch, dim, length, d_state, groups, dtype)
     dy = torch.randn(batch, dim, length, dtype=dtype, generator=torch.Generator().manual_seed(2))

@@ -8,6 +8,9 @@ N for y, and the memory order of B/C ((batch, G, N, L) as mamba-ssm takes them, 
 Per row: median time (``triton.testing.do_bench``), elements per second, registers, spills and the most frequent SASS
 instructions of the compiled kernel (``cuobjdump`` from the CUDA toolkit; the row says so when it is missing).
 
+``--passes backward`` does the same for a stripped-down copy of triton_scan's backward (its switches: BWD_PARTS) and
+sweeps its tile layout; ``both`` (the default) runs the forward rows first.
+
 Timing by difference is how this project locates time inside a kernel on machines without hardware counters (the
 one-GPU kind runs gVisor, where ncu cannot read them). The part that no switch removes (the loads of u and delta, the
 store of y, the recurrence's FMAs) is the floor of this design. docs/performance.md records the 2026-12-01 results
@@ -45,6 +48,21 @@ PARTS = (
 )
 # (BLOCK_D, num_warps, unroll) of the layout sweep, full kernel, both B/C orders
 LAYOUTS = ((16, 4, 4), (32, 4, 4), (16, 1, 4), (8, 1, 8), (4, 1, 8), (8, 2, 8), (32, 1, 8))
+
+# Backward: a stripped-down copy of triton_scan's backward (tiles of BLOCK_L positions in reverse, the tile's h
+# recomputed from the forward's tile-start state by an associative scan, the adjoint g by a reverse one, dB/dC summed
+# over the program's channels and added across programs with fp32 atomics), with these switches:
+BWD_FULL = {"EXP": True, "SCANS": True, "BC_LOADS": True, "BC_GRADS": True, "ATOMICS": True}
+BWD_PARTS = (
+    ("full (v1 backward)", {}),
+    ("no exp2 (decay = 1 + dt a)", {"EXP": False}),
+    ("no associative scans (elementwise stand-ins)", {"SCANS": False}),
+    ("no B/C tile loads in the loop", {"BC_LOADS": False}),
+    ("dB/dC stored, not atomically added (racy: timing only)", {"ATOMICS": False}),
+    ("no dB/dC at all", {"BC_GRADS": False}),
+)
+# (BLOCK_D, BLOCK_L, num_warps) of the backward layout sweep; the first is triton_scan's default
+BWD_LAYOUTS = ((4, 32, 4), (2, 32, 2), (8, 32, 4), (4, 64, 4), (4, 16, 2), (16, 16, 8))
 
 if triton is not None:
 
@@ -110,6 +128,110 @@ if triton is not None:
         if not Y_SUM:  # keeps h live, so the recurrence is not optimised away
             tl.store(y_rows, tl.sum(h, axis=1))
 
+    @triton.jit
+    def _linear_combine(a_left, b_left, a_right, b_right):
+        """Compose h -> a_left h + b_left, then h -> a_right h + b_right (left = applied first)."""
+        return a_left * a_right, a_right * b_left + b_right
+
+    @triton.jit
+    def _parts_bwd_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        dy_ptr,
+        state_ptr,
+        du_ptr,
+        ddelta_ptr,
+        da_ptr,
+        db_ptr,
+        dc_ptr,
+        dim,
+        length,
+        channels_per_group,
+        n_tiles,
+        EXP: tl.constexpr,
+        SCANS: tl.constexpr,
+        BC_LOADS: tl.constexpr,
+        BC_GRADS: tl.constexpr,
+        ATOMICS: tl.constexpr,
+        N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+    ):
+        """du, ddelta (batch, dim, L) and dA, dB, dC (accumulated) of the selective scan without D and bias."""
+        pid_d = tl.program_id(0)
+        batch = tl.program_id(1)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N)
+        positions = tl.arange(0, BLOCK_L)
+        a_mat = tl.load(a_ptr + chans[:, None] * N + states[None, :])
+        a_log2 = a_mat * 1.4426950408889634
+        rows = (batch * dim + chans[:, None]) * length
+        bc_rows = ((batch * 4 + group) * N + states[:, None]) * length  # 4 = GROUPS
+        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * N + states[None, :]
+        first_ok = positions[None, :] < length
+        b_first = tl.load(b_ptr + bc_rows + positions[None, :], mask=first_ok, other=0.0)
+        c_first = tl.load(c_ptr + bc_rows + positions[None, :], mask=first_ok, other=0.0)
+        carry = tl.zeros([BLOCK_D, N], dtype=tl.float32)
+        da_acc = tl.zeros([BLOCK_D, N], dtype=tl.float32)
+        for step in range(0, n_tiles):
+            tile = n_tiles - 1 - step
+            pos = tile * BLOCK_L + positions
+            pos_ok = pos < length
+            next_ok = (pos + 1 < length) & (positions < BLOCK_L - 1)
+            u = tl.load(u_ptr + rows + pos[None, :], mask=pos_ok[None, :], other=0.0)
+            delta = tl.load(delta_ptr + rows + pos[None, :], mask=pos_ok[None, :], other=0.0)
+            delta_next = tl.load(delta_ptr + rows + pos[None, :] + 1, mask=next_ok[None, :], other=0.0)
+            dy = tl.load(dy_ptr + rows + pos[None, :], mask=pos_ok[None, :], other=0.0)
+            dt = tl.where(pos_ok[None, :], tl.maximum(delta, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(delta))), 0.0)
+            dt_next = tl.maximum(delta_next, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(delta_next)))
+            dt_next = tl.where(next_ok[None, :], dt_next, 0.0)
+            bc_mask = (states[:, None] < N) & pos_ok[None, :]
+            if BC_LOADS:
+                b_tile = tl.load(b_ptr + bc_rows + pos[None, :], mask=bc_mask, other=0.0)
+                c_tile = tl.load(c_ptr + bc_rows + pos[None, :], mask=bc_mask, other=0.0)
+            else:
+                b_tile, c_tile = b_first, c_first
+            dt_u = dt * u
+            if EXP:
+                decay = tl.exp2(dt[:, None, :] * a_log2[:, :, None])
+                decay_next = tl.exp2(dt_next[:, None, :] * a_log2[:, :, None])
+            else:
+                decay = 1.0 + dt[:, None, :] * a_log2[:, :, None]
+                decay_next = 1.0 + dt_next[:, None, :] * a_log2[:, :, None]
+            inputs = dt_u[:, None, :] * b_tile[None, :, :]
+            out_grad = c_tile[None, :, :] * dy[:, None, :]
+            if SCANS:
+                decay_prod, h_local = tl.associative_scan((decay, inputs), axis=2, combine_fn=_linear_combine)
+                decay_next_prod, g_local = tl.associative_scan(
+                    (decay_next, out_grad), axis=2, combine_fn=_linear_combine, reverse=True
+                )
+            else:
+                decay_prod, h_local, decay_next_prod, g_local = decay, inputs, decay_next, out_grad
+            h_all = h_local + decay_prod * tl.load(state_rows + tile * N)[:, :, None]
+            g = g_local + decay_next_prod * carry[:, :, None]
+            carry = tl.sum(tl.where(positions[None, None, :] == 0, decay * g, 0.0), axis=2)
+            g_b = tl.sum(g * b_tile[None, :, :], axis=1)
+            decayed_prev = g * (h_all - inputs)  # g_t exp(dt_t A) h_{t-1}
+            ddt = u * g_b + tl.sum(decayed_prev * a_mat[:, :, None], axis=1)
+            da_acc += tl.sum(decayed_prev * dt[:, None, :], axis=2)
+            if BC_GRADS:
+                dc_part = tl.sum(h_all * dy[:, None, :], axis=0)
+                db_part = tl.sum(g * dt_u[:, None, :], axis=0)
+                if ATOMICS:
+                    tl.atomic_add(dc_ptr + bc_rows + pos[None, :], dc_part, mask=bc_mask, sem="relaxed")
+                    tl.atomic_add(db_ptr + bc_rows + pos[None, :], db_part, mask=bc_mask, sem="relaxed")
+                else:
+                    tl.store(dc_ptr + bc_rows + pos[None, :], dc_part, mask=bc_mask)
+                    tl.store(db_ptr + bc_rows + pos[None, :], db_part, mask=bc_mask)
+            ddelta = tl.where(delta > 20.0, ddt, ddt / (1.0 + tl.exp(-delta)))
+            tl.store(du_ptr + rows + pos[None, :], dt * g_b, mask=pos_ok[None, :])
+            tl.store(ddelta_ptr + rows + pos[None, :], ddelta, mask=pos_ok[None, :])
+        tl.atomic_add(da_ptr + chans[:, None] * N + states[None, :], da_acc, sem="relaxed")
+
 
 def parts_scan(
     u: torch.Tensor,
@@ -152,6 +274,56 @@ def parts_scan(
     return y, compiled
 
 
+def parts_scan_backward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dy: torch.Tensor,
+    tile_states: torch.Tensor,
+    block_d: int = 4,
+    num_warps: int = 4,
+    **switches: bool,
+) -> tuple[tuple[torch.Tensor, ...], object]:
+    """Run the backward variant; u, delta, dy (batch, dim, L) fp32 contiguous, A (dim, N), B, C (batch, 4, N, L),
+    tile_states (batch, dim, n_tiles, N): the state entering each tile of BLOCK_L = L / n_tiles (rounded up to a power
+    of two) positions. Returns (du, ddelta, dA, dB, dC) and the compiled kernel; with every switch on (the default)
+    they are the gradients of the selective scan with softplus(delta), no D, no bias."""
+    batch, dim, length = u.shape
+    n_tiles = tile_states.shape[2]
+    block_l = triton.next_power_of_2(triton.cdiv(length, n_tiles))
+    if triton.cdiv(length, block_l) != n_tiles:
+        raise ValueError(f"{n_tiles} tile states do not tile L = {length} in powers of two")
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    da = torch.zeros_like(A)
+    db, dc = torch.zeros_like(B), torch.zeros_like(C)
+    compiled = _parts_bwd_kernel[(dim // block_d, batch)](
+        u,
+        delta,
+        A,
+        B,
+        C,
+        dy,
+        tile_states,
+        du,
+        ddelta,
+        da,
+        db,
+        dc,
+        dim,
+        length,
+        dim // GROUPS,
+        n_tiles,
+        N=A.shape[1],
+        BLOCK_D=block_d,
+        BLOCK_L=block_l,
+        num_warps=num_warps,
+        **{**BWD_FULL, **switches},
+    )
+    return (du, ddelta, da, db, dc), compiled
+
+
 def sass_summary(compiled: object, top: int = 8) -> str:
     """'regs R spills S | SASS total: OP count, ...' of a compiled Triton kernel (cuobjdump on its cubin)."""
     head = f"regs {compiled.n_regs} spills {compiled.n_spills}"
@@ -172,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--channels", type=int, default=768, help="4 directions x d_inner (stage 0: 768)")
     parser.add_argument("--length", type=int, default=3136, help="positions (stage 0: 56 x 56)")
+    parser.add_argument("--passes", choices=("forward", "backward", "both"), default="both")
     args = parser.parse_args(argv)
     if triton is None or not torch.cuda.is_available():
         raise SystemExit("benchmark_scan_parts needs a CUDA GPU and Triton")
@@ -202,11 +375,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             flush=True,
         )
 
-    for label, switches in PARTS:
-        row(label, LAYOUTS[0], False, switches)
-    for layout in LAYOUTS:
-        for position_major in (False, True):
-            row(PARTS[0][0], layout, position_major, {})
+    if args.passes in ("forward", "both"):
+        for label, switches in PARTS:
+            row(label, LAYOUTS[0], False, switches)
+        for layout in LAYOUTS:
+            for position_major in (False, True):
+                row(PARTS[0][0], layout, position_major, {})
+    if args.passes in ("backward", "both"):
+        dy = randn(args.batch, args.channels, args.length)
+        for block_d, block_l, warps in BWD_LAYOUTS:
+            # the states' values do not change the work; any finite ones will do
+            tile_states = 0.1 * randn(args.batch, args.channels, triton.cdiv(args.length, block_l), D_STATE)
+            for label, switches in BWD_PARTS if (block_d, block_l, warps) == BWD_LAYOUTS[0] else BWD_PARTS[:1]:
+                kwargs = dict(block_d=block_d, num_warps=warps, **switches)
+                _, compiled = parts_scan_backward(u, delta, A, B, C, dy, tile_states, **kwargs)
+                ms = triton.testing.do_bench(
+                    lambda: parts_scan_backward(u, delta, A, B, C, dy, tile_states, **kwargs), warmup=20, rep=200
+                )
+                print(
+                    f"backward BLOCK_D {block_d:2d} BLOCK_L {block_l:2d} warps {warps} | {label:56s} | {ms:6.3f} ms | "
+                    f"{elements / ms / 1e6:5.0f} G elem/s | {sass_summary(compiled)}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -52,3 +52,45 @@ def test_each_part_switch_changes_the_result_and_stays_finite(label, switches):
 def test_refuses_without_a_gpu():
     with pytest.raises(SystemExit, match="needs a CUDA GPU and Triton"):
         benchmark_scan_parts.main([])
+
+
+def tile_start_states(u, delta, A, B, block_l):
+    """(batch, dim, n_tiles, N) float64: the state entering each tile of block_l positions (reference loop)."""
+    dt = torch.nn.functional.softplus(delta.double())
+    group = torch.arange(u.shape[1]) // (u.shape[1] // B.shape[1])
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64)
+    starts = []
+    for t in range(u.shape[2]):
+        if t % block_l == 0:
+            starts.append(h.clone())
+        h = torch.exp(dt[:, :, t, None] * A.double()) * h + (dt[:, :, t] * u[:, :, t])[:, :, None] * B[:, group, :, t]
+    return torch.stack(starts, dim=2)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+def test_full_backward_variant_gives_the_selective_scan_gradients():
+    u, delta, A, B, C = small_inputs(length=11)
+    dy = torch.randn(u.shape, generator=torch.Generator().manual_seed(3))
+    states = tile_start_states(u, delta, A, B, block_l=4).float()  # 3 tiles, the last one partial
+    got, _ = benchmark_scan_parts.parts_scan_backward(u, delta, A, B, C, dy, states, block_d=4, num_warps=1)
+    leaves = [t.double().requires_grad_() for t in (u, delta, A, B, C)]
+    selective_scan(*leaves, backend="torch").backward(dy.double())
+    for name, x, leaf in zip(("du", "ddelta", "dA", "dB", "dC"), got, leaves):
+        assert torch.allclose(x.double(), leaf.grad, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+@pytest.mark.parametrize("label, switches", benchmark_scan_parts.BWD_PARTS[1:])
+def test_each_backward_switch_runs_and_stays_finite(label, switches):
+    u, delta, A, B, C = small_inputs(length=11)
+    dy = torch.randn(u.shape, generator=torch.Generator().manual_seed(3))
+    states = tile_start_states(u, delta, A, B, block_l=4).float()
+    got, _ = benchmark_scan_parts.parts_scan_backward(u, delta, A, B, C, dy, states, block_d=4, num_warps=1, **switches)
+    assert all(torch.isfinite(x).all() for x in got), label
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+def test_backward_refuses_states_that_do_not_tile_the_sequence():
+    u, delta, A, B, C = small_inputs(length=11)
+    with pytest.raises(ValueError, match="do not tile"):
+        benchmark_scan_parts.parts_scan_backward(u, delta, A, B, C, u, torch.zeros(2, 16, 5, 16))

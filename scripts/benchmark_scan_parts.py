@@ -65,6 +65,7 @@ BWD_PARTS = (
 BWD_LAYOUTS = ((4, 32, 4), (2, 32, 2), (8, 32, 4), (4, 64, 4), (4, 16, 2), (16, 16, 8))
 
 if triton is not None:
+    from scripts.triton_scan import _linear_combine  # the backward's associative-scan operator, as in the real kernel
 
     @triton.jit
     def _parts_kernel(
@@ -127,11 +128,6 @@ if triton is not None:
                 tl.store(y_rows + pos, u * dt)
         if not Y_SUM:  # keeps h live, so the recurrence is not optimised away
             tl.store(y_rows, tl.sum(h, axis=1))
-
-    @triton.jit
-    def _linear_combine(a_left, b_left, a_right, b_right):
-        """Compose h -> a_left h + b_left, then h -> a_right h + b_right (left = applied first)."""
-        return a_left * a_right, a_right * b_left + b_right
 
     @triton.jit
     def _parts_bwd_kernel(

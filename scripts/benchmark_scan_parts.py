@@ -65,7 +65,8 @@ BWD_PARTS = (
 BWD_LAYOUTS = ((4, 32, 4), (2, 32, 2), (8, 32, 4), (4, 64, 4), (4, 16, 2), (16, 16, 8))
 
 if triton is not None:
-    from scripts.triton_scan import _linear_combine  # the backward's associative-scan operator, as in the real kernel
+    # the real kernels' softplus and associative-scan operator, so the variants cost what triton_scan's code costs
+    from scripts.triton_scan import _linear_combine, _softplus
 
     @triton.jit
     def _parts_kernel(
@@ -109,7 +110,7 @@ if triton is not None:
             u = tl.load(u_rows + pos)
             delta = tl.load(delta_rows + pos)
             if SOFTPLUS:
-                dt = tl.maximum(delta, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(delta)))
+                dt = _softplus(delta)
             else:
                 dt = delta
             if BC_LOADS:
@@ -182,9 +183,8 @@ if triton is not None:
             delta = tl.load(delta_ptr + rows + pos[None, :], mask=pos_ok[None, :], other=0.0)
             delta_next = tl.load(delta_ptr + rows + pos[None, :] + 1, mask=next_ok[None, :], other=0.0)
             dy = tl.load(dy_ptr + rows + pos[None, :], mask=pos_ok[None, :], other=0.0)
-            dt = tl.where(pos_ok[None, :], tl.maximum(delta, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(delta))), 0.0)
-            dt_next = tl.maximum(delta_next, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(delta_next)))
-            dt_next = tl.where(next_ok[None, :], dt_next, 0.0)
+            dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
+            dt_next = tl.where(next_ok[None, :], _softplus(delta_next), 0.0)
             bc_mask = (states[:, None] < N) & pos_ok[None, :]
             if BC_LOADS:
                 b_tile = tl.load(b_ptr + bc_rows + pos[None, :], mask=bc_mask, other=0.0)

@@ -1,10 +1,10 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
-``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep] [--check]`` on a CUDA machine with
-Triton (and mamba-ssm for the reference rows). Prints, for the scan shapes of one step (SS2D stacks the 4 directions:
-dim = 4 * d_inner, G = 4 groups, N = 16; stage i has d_inner 192 * 2**i at L = (56 / 2**i)**2), the forward and
-forward+backward time of every backend, the achieved bandwidth (the fewest bytes each pass must move: inputs read once,
-outputs written once, over the time) and the speedup over mamba-ssm.
+``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep] [--check] [--bwd_kind tile|seq]``
+on a CUDA machine with Triton (and mamba-ssm for the reference rows). Prints, for the scan shapes of one step (SS2D
+stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage i has d_inner 192 * 2**i at
+L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the achieved bandwidth (the fewest bytes
+each pass must move: inputs read once, outputs written once, over the time) and the speedup over mamba-ssm.
 
 Two step totals: "16 scans" = 4 per stage (the set the project's targets were stated for) and "network" = the scans
 MambaUNet really runs per step (encoder 2 blocks x 4 stages, decoder 2 blocks x 3 stages = 14). Each of the 4 calls of
@@ -13,6 +13,8 @@ sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
 --sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first.
+--bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans) or "seq" (version 4,
+one position per step).
 """
 
 from __future__ import annotations
@@ -128,9 +130,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="print errors against mamba-ssm first")
     parser.add_argument("--sweep", action="store_true", help="time tile configurations of the Triton kernels first")
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
+    parser.add_argument(
+        "--bwd_kind", choices=("tile", "seq"), default=triton_scan.BWD_KIND, help="Triton backward kernel"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not triton_scan.triton_available():
         raise SystemExit("scripts/benchmark_scan.py needs CUDA and Triton")
+    triton_scan.BWD_KIND = args.bwd_kind
     dtype = getattr(torch, args.dtype)
     timer = Timer(torch.device("cuda"))
     if args.check:
@@ -185,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines.append(_row(name, "16 in a row", whole[0], None, whole[1], None, baseline.get("row")))
         baseline.setdefault("row", whole)
     device = torch.cuda.get_device_name()
-    print(f"batch {args.batch}, {args.dtype} inputs, {device}: median of {args.steps} after {args.warmup} warm-up")
+    print(
+        f"batch {args.batch}, {args.dtype} inputs, {device}, Triton backward {args.bwd_kind}: median of {args.steps}"
+        f" after {args.warmup} warm-up"
+    )
     print("\n".join(lines))
 
 
@@ -201,13 +210,18 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
 
 def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
     """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
-    BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward tiles (BLOCK_D, BLOCK_L, num_warps)."""
+    BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward kernels ("tile": BLOCK_D, BLOCK_L,
+    num_warps; "seq": BLOCK_D, chunk, num_warps, unroll)."""
     names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
     names += ("BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
+    names += ("BWD_KIND", "BWD_SEQ_BLOCK_D", "BWD_SEQ_CHUNK", "BWD_SEQ_WARPS", "BWD_SEQ_UNROLL")
     saved = {name: getattr(triton_scan, name) for name in names}
     fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
     fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
     bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
+    # (BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL); the first is triton_scan's default
+    bwd_seq_configs = [(8, 32, 1, 4), (8, 16, 1, 4), (8, 64, 1, 4), (8, 32, 1, 1), (8, 32, 1, 8)]
+    bwd_seq_configs += [(4, 32, 1, 4), (16, 32, 1, 4), (16, 32, 2, 4), (32, 16, 4, 4)]
     fn = triton_scan.triton_selective_scan
 
     def timed(label: str, backward: bool) -> None:
@@ -228,6 +242,7 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
             )
         timed(f"fwd {kind} {(block_d, block_l_or_unroll, warps)}", False)
     triton_scan.FWD_KIND = saved["FWD_KIND"]
+    triton_scan.BWD_KIND = "tile"
     for seq_fwd in (False, True):  # the training forward with the tile kernel or the seq kernel
         triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"
         for config in bwd_configs:
@@ -239,6 +254,21 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
         timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
     triton_scan.BWD_REDUCE_BC = True
+    # Version 4 backward (one position per step) after the seq forward.
+    triton_scan.FWD_KIND, triton_scan.BWD_KIND = "seq", "seq"
+    for config in bwd_seq_configs:
+        (
+            triton_scan.BWD_SEQ_BLOCK_D,
+            triton_scan.BWD_SEQ_CHUNK,
+            triton_scan.BWD_SEQ_WARPS,
+            triton_scan.BWD_SEQ_UNROLL,
+        ) = config
+        timed(f"fwd+bwd seq fwd, seq bwd {config}", True)
+    triton_scan.BWD_REDUCE_BC = False
+    triton_scan.BWD_SEQ_BLOCK_D, triton_scan.BWD_SEQ_CHUNK, triton_scan.BWD_SEQ_WARPS, triton_scan.BWD_SEQ_UNROLL = (
+        bwd_seq_configs[0]
+    )
+    timed(f"fwd+bwd seq fwd, seq bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
     for name, value in saved.items():
         setattr(triton_scan, name, value)
 

@@ -58,6 +58,11 @@ FWD_KIND, FWD_SEQ_BLOCK_D, FWD_SEQ_WARPS, FWD_UNROLL = "seq", 8, 1, 8
 # ~0.04 ms per stage-0 scan.
 FWD_BC_POSITION_MAJOR = True
 BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
+# Backward kernel: "tile" (associative scans over BWD_BLOCK_L positions, the default) or "seq" (version 4: one position
+# per loop step, BWD_SEQ_BLOCK_D channels per program, the states recomputed per chunk of BWD_SEQ_CHUNK positions into
+# a scratch buffer; not yet timed on a GPU). The kind is read when the forward runs (it sets the checkpoint spacing).
+BWD_KIND = "tile"
+BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
 BWD_REDUCE_BC = True
 
@@ -384,6 +389,154 @@ if triton is not None:
         if HAS_BIAS:
             tl.atomic_add(dbias_ptr + chans, dbias_acc, sem="relaxed")
 
+    @triton.jit
+    def _scan_bwd_seq_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        dy_ptr,
+        state_ptr,
+        scratch_ptr,
+        du_ptr,
+        ddelta_ptr,
+        da_ptr,
+        db_ptr,
+        dc_ptr,
+        dd_ptr,
+        dbias_ptr,
+        dim,
+        length,
+        n_state,
+        channels_per_group,
+        n_groups,
+        n_tiles,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        stride_b_pos,
+        stride_c_pos,
+        stride_dy_batch,
+        stride_dy_dim,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        REDUCE_BC: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+        UNROLL: tl.constexpr,
+    ):
+        """Backward, one position per loop step (no associative scan): chunks of BLOCK_L positions in reverse; per
+        chunk, h is recomputed forward from the saved chunk-start state into this program's scratch slots, then the
+        chunk is walked backward with the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_t = exp(dt_t A))."""
+        pid_d = tl.program_id(0)
+        batch = tl.program_id(1)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+
+        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
+        a_mat = a_mat.to(tl.float32)
+        a_log2 = a_mat * 1.4426950408889634
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+
+        u_rows = u_ptr + batch * stride_u_batch + chans * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans * stride_delta_dim
+        dy_rows = dy_ptr + batch * stride_dy_batch + chans * stride_dy_dim
+        grad_rows = (batch * dim + chans) * length  # du, ddelta: contiguous (batch, dim, L)
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states * stride_c_state
+        dbc_rows = (batch * n_groups + group) * length * n_state + states  # dB, dC: position-major (batch, G, L, N)
+        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
+        # This program's BLOCK_L slots of [BLOCK_D, N_PAD] fp32: slot i holds h_{t0 + i - 1} (slot 0: the saved start).
+        slot_size = BLOCK_D * N_PAD
+        program = batch * tl.num_programs(0) + pid_d
+        scratch_rows = (
+            scratch_ptr + program * (BLOCK_L * slot_size) + tl.arange(0, BLOCK_D)[:, None] * N_PAD + states[None, :]
+        )
+
+        g = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # dL/dh_t (through y_t and all later positions)
+        a_next = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # a_{t+1}; times g_{t+1} = 0 past the end
+        da_acc = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for step in range(0, n_tiles):
+            tile = n_tiles - 1 - step
+            start = tile * BLOCK_L
+            n_pos = tl.minimum(length - start, BLOCK_L)
+            # (1) Recompute the chunk's states from its saved start; h ends as h_{last} in registers.
+            h = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
+            for i in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
+                tl.store(scratch_rows + i * slot_size, h)
+                pos = start + i
+                u = tl.load(u_rows + pos).to(tl.float32)
+                delta = tl.load(delta_rows + pos).to(tl.float32)
+                if HAS_BIAS:
+                    delta += bias
+                dt = _softplus(delta)
+                b_col = tl.load(b_rows + pos * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+                h = tl.exp2(dt[:, None] * a_log2) * h + (dt * u)[:, None] * b_col[None, :]
+            tl.debug_barrier()  # the scratch written above is read below by other threads of the program
+            # (2) Reverse walk: h = h_t (registers), h_prev = h_{t-1} (scratch).
+            for j in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
+                i = n_pos - 1 - j
+                pos = start + i
+                h_prev = tl.load(scratch_rows + i * slot_size)
+                u = tl.load(u_rows + pos).to(tl.float32)
+                delta = tl.load(delta_rows + pos).to(tl.float32)
+                dy = tl.load(dy_rows + pos).to(tl.float32)
+                if HAS_BIAS:
+                    delta += bias
+                dt = _softplus(delta)
+                b_col = tl.load(b_rows + pos * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+                c_col = tl.load(c_rows + pos * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
+                decay = tl.exp2(dt[:, None] * a_log2)  # a_t
+                g = a_next * g + c_col[None, :] * dy[:, None]
+                dt_u = dt * u
+                if REDUCE_BC:
+                    bc_at = dbc_rows + pos * n_state
+                    tl.atomic_add(dc_ptr + bc_at, tl.sum(h * dy[:, None], axis=0), mask=state_ok, sem="relaxed")
+                    tl.atomic_add(db_ptr + bc_at, tl.sum(g * dt_u[:, None], axis=0), mask=state_ok, sem="relaxed")
+                decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
+                g_b = tl.sum(g * b_col[None, :], axis=1)  # sum_n g_t B_t
+                ddt = u * g_b + tl.sum(decayed_prev * a_mat, axis=1)
+                da_acc += decayed_prev * dt[:, None]
+                du = dt * g_b
+                if HAS_D:
+                    du += d_skip * dy
+                    dd_acc += dy * u
+                # softplus'(x) = sigmoid(x), and softplus is the identity above 20.
+                ddelta = tl.where(delta > 20.0, ddt, ddt / (1.0 + tl.exp(-delta)))
+                if HAS_BIAS:
+                    dbias_acc += ddelta
+                tl.store(du_ptr + grad_rows + pos, du.to(du_ptr.dtype.element_ty))
+                tl.store(ddelta_ptr + grad_rows + pos, ddelta.to(ddelta_ptr.dtype.element_ty))
+                a_next = decay
+                h = h_prev
+            tl.debug_barrier()  # the next chunk's recompute overwrites the slots read above
+
+        tl.atomic_add(
+            da_ptr + chans[:, None] * n_state + states[None, :], da_acc, mask=state_ok[None, :], sem="relaxed"
+        )
+        if HAS_D:
+            tl.atomic_add(dd_ptr + chans, dd_acc, sem="relaxed")
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + chans, dbias_acc, sem="relaxed")
+
 
 def _block_d(channels_per_group: int, preferred: int) -> int:
     """Largest power of two <= preferred dividing the group size: a channel block must sit inside one group."""
@@ -400,6 +553,19 @@ def _next_pow2(value: int) -> int:
 def _tile_length(length: int, preferred: int) -> int:
     """BLOCK_L for a sequence: the preferred length, or the next power of two >= L (at least 16) for short ones."""
     return min(preferred, max(16, _next_pow2(length)))
+
+
+def _position_major(x: torch.Tensor) -> torch.Tensor:
+    """The same (batch, G, N, L) view in position-major memory, strides (G L N, L N, 1, N): one position's N values
+    are contiguous (a copy unless x already is)."""
+    return x.transpose(2, 3).contiguous().transpose(2, 3)
+
+
+def _bwd_chunk_preference() -> int:
+    """The preferred backward tile length (= the training forward's checkpoint spacing) of the current BWD_KIND."""
+    if BWD_KIND not in ("tile", "seq"):
+        raise ValueError(f"triton_scan.BWD_KIND must be 'tile' or 'seq', got {BWD_KIND!r}")
+    return BWD_SEQ_CHUNK if BWD_KIND == "seq" else BWD_BLOCK_L
 
 
 def _forward(
@@ -432,8 +598,8 @@ def _forward(
         else y  # never written (SAVE_STATE=False), any pointer does
     )
     a_fp32 = A.float().contiguous()
-    if FWD_BC_POSITION_MAJOR:  # same (batch, G, N, L) view, position-major memory: strides (G L N, L N, 1, N)
-        B, C = (x.transpose(2, 3).contiguous().transpose(2, 3) for x in (B, C))
+    if FWD_BC_POSITION_MAJOR:
+        B, C = _position_major(B), _position_major(C)
     kernel, extra = _scan_fwd_kernel, {}
     if FWD_KIND == "seq":
         block_d, num_warps = _block_d(per_group, FWD_SEQ_BLOCK_D), FWD_SEQ_WARPS
@@ -488,24 +654,39 @@ def _backward(
     dy: torch.Tensor,
     state: torch.Tensor,
     block_l: int,
+    kind: str = "tile",
 ) -> tuple[torch.Tensor, ...]:
-    """Launch the backward kernel with the forward's tile length; returns (du, ddelta, dA, dB, dC, dD, ddelta_bias)."""
-    block_d, num_warps = BWD_BLOCK_D, BWD_WARPS
+    """Launch the backward kernel of ``kind`` ("tile" or "seq") with the forward's tile length (the spacing of the
+    saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias)."""
+    seq = kind == "seq"
+    block_d, num_warps = (BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS) if seq else (BWD_BLOCK_D, BWD_WARPS)
     batch, dim, length = u.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
     block_d = _block_d(per_group, block_d)
     n_tiles = state.shape[2]
+    n_pad = _next_pow2(n_state)
     du = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, length), device=u.device, dtype=delta.dtype)
-    # Accumulated with atomics across programs: fp32 and zero-initialised.
+    # Accumulated with atomics across programs: fp32 and zero-initialised. dB, dC: (batch, G, L, N) memory for seq (one
+    # position's N values contiguous), (batch, G, N, L) for tile.
     da = torch.zeros((dim, n_state), device=u.device, dtype=torch.float32)
-    db = torch.zeros((batch, n_groups, n_state, length), device=u.device, dtype=torch.float32)
+    bc_shape = (batch, n_groups, length, n_state) if seq else (batch, n_groups, n_state, length)
+    db = torch.zeros(bc_shape, device=u.device, dtype=torch.float32)
     dc = torch.zeros_like(db)
     dd = torch.zeros(dim, device=u.device, dtype=torch.float32)
     dbias = torch.zeros(dim, device=u.device, dtype=torch.float32)
     a_fp32 = A.float().contiguous()
-    _scan_bwd_kernel[(dim // block_d, batch)](
+    grid = (dim // block_d, batch)
+    if seq:
+        B, C = _position_major(B), _position_major(C)
+        # Per program block_l slots of [block_d, N_PAD] fp32 for the recomputed states of one chunk.
+        scratch = torch.empty(grid[0] * grid[1] * block_l * block_d * n_pad, device=u.device, dtype=torch.float32)
+        kernel, extra_ptrs, extra = _scan_bwd_seq_kernel, [scratch], {"UNROLL": BWD_SEQ_UNROLL}
+        pos_strides = [B.stride(3), C.stride(3)]
+    else:
+        kernel, extra_ptrs, extra, pos_strides = _scan_bwd_kernel, [], {}, []
+    kernel[grid](
         u,
         delta,
         a_fp32,
@@ -515,6 +696,7 @@ def _backward(
         delta_bias if delta_bias is not None else a_fp32,
         dy,
         state,
+        *extra_ptrs,
         du,
         ddelta,
         da,
@@ -538,16 +720,20 @@ def _backward(
         C.stride(0),
         C.stride(1),
         C.stride(2),
+        *pos_strides,
         dy.stride(0),
         dy.stride(1),
         HAS_D=D is not None,
         HAS_BIAS=delta_bias is not None,
         REDUCE_BC=BWD_REDUCE_BC,
-        N_PAD=_next_pow2(n_state),
+        N_PAD=n_pad,
         BLOCK_D=block_d,
         BLOCK_L=block_l,
         num_warps=num_warps,
+        **extra,
     )
+    if seq:  # back to the (batch, G, N, L) shape (a transposed view; .to below copies only for a dtype change)
+        db, dc = db.transpose(2, 3), dc.transpose(2, 3)
     return (
         du,
         ddelta,
@@ -565,15 +751,17 @@ class TritonSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
         # The saved states are the backward's tile starts, so the forward runs with the backward's tile length.
-        y, state = _forward(u, delta, A, B, C, D, delta_bias, save_state=True, block_l=BWD_BLOCK_L)
+        preferred = _bwd_chunk_preference()
+        y, state = _forward(u, delta, A, B, C, D, delta_bias, save_state=True, block_l=preferred)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, state)
-        ctx.block_l = _tile_length(u.shape[2], BWD_BLOCK_L)
+        ctx.block_l, ctx.bwd_kind = _tile_length(u.shape[2], preferred), BWD_KIND
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
         u, delta, A, B, C, D, delta_bias, state = ctx.saved_tensors
-        return _backward(u, delta, A, B, C, D, delta_bias, last_dim_contiguous(dy), state, ctx.block_l)
+        dy = last_dim_contiguous(dy)
+        return _backward(u, delta, A, B, C, D, delta_bias, dy, state, ctx.block_l, ctx.bwd_kind)
 
 
 def triton_selective_scan(

@@ -107,10 +107,55 @@ def test_interpreter_matches_torch_scan(
         assert rel_err(triton_scan.triton_selective_scan(*inputs), ref[0]) < 1e-5
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+@pytest.mark.parametrize(
+    "dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias",
+    [
+        # 2 groups of 8 channels, 4 programs per group; chunks 16 + 16 + 5 (partial last); fp64 in (fp32 inside)
+        (torch.float64, 2, 16, 37, 4, 2, 2, 16, "seq", True),
+        # N not a power of two, ungrouped B/C, 2 programs; chunks 8 + 8 + 4; no D, no delta_bias; tile forward
+        (torch.float32, 1, 8, 20, 5, None, 4, 8, "tile", False),
+    ],
+)
+def test_interpreter_seq_backward_matches_torch_scan(
+    monkeypatch, dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias
+):
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "seq")
+    monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", block_d)
+    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", chunk)
+    monkeypatch.setattr(triton_scan, "BWD_SEQ_UNROLL", 3)  # a remainder in every chunk (ignored by the interpreter)
+    monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
+    inputs = make_inputs(5, batch, dim, length, d_state, groups, dtype)
+    names = ("y",) + GRAD_NAMES
+    if not skip_and_bias:
+        inputs, names = inputs[:5], names[:6]
+
+    def reference(*args):
+        return torch_scan(*args, *[None] * (7 - len(args)))
+
+    dy = torch.randn(batch, dim, length, dtype=dtype, generator=torch.Generator().manual_seed(6))
+    got = output_and_grads(triton_scan.triton_selective_scan, inputs, dy)
+    ref = output_and_grads(reference, [t.double() for t in inputs], dy.double())
+    for name, x, r in zip(names, got, ref, strict=True):
+        assert x.dtype == dtype and x.shape == r.shape, name
+        assert rel_err(x, r) < 1e-5, name
+
+
+@pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
+def test_unknown_backward_kind_raises(monkeypatch):
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "scan")
+    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
+    with pytest.raises(ValueError, match="BWD_KIND must be 'tile' or 'seq'"):
+        triton_scan.triton_selective_scan(*inputs)
+
+
 @pytest.mark.skipif(not (ON_GPU and mamba_ssm_available()), reason="needs CUDA, Triton and mamba-ssm")
+@pytest.mark.parametrize("backward_kind", ["tile", "seq"])
 @pytest.mark.parametrize("d_inner, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
-def test_gpu_matches_mamba_ssm_on_ss2d_shapes(d_inner, side):
+def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, backward_kind, d_inner, side):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
 
     def mamba(u, delta, A, B, C, D, delta_bias):
         return selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=True)

@@ -434,17 +434,26 @@ if triton is not None:
         N_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
+        SUB_L: tl.constexpr,
         UNROLL: tl.constexpr,
     ):
-        """Backward, one position per loop step (no associative scan): chunks of BLOCK_L positions in reverse; per
-        chunk, h is recomputed forward from the saved chunk-start state into this program's scratch slots, then the
-        chunk is walked backward with the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_t = exp(dt_t A))."""
+        """Backward, one position per loop step (no associative scan), chunks of BLOCK_L positions in reverse.
+
+        Per chunk: (0) dt and dt u of the chunk as one [BLOCK_D, BLOCK_L] tile (softplus vectorised, not once per
+        position and replicated over the state lanes) into scratch, in [BLOCK_D, SUB_L] pieces (few live registers);
+        (1) h recomputed forward from the saved chunk
+        start, h_{t-1} into scratch slot t - t0; (2) the reverse walk, g_t = C_t dy_t + a_{t+1} g_{t+1} in registers
+        (a_t = exp(dt_t A)), with the per-position dB_t, dC_t atomics, dA accumulated, and the two sums over the
+        states, sum_n g_t B_t and sum_n g_t a_t h_{t-1} A, into scratch; (3) du, ddelta, dD, d(delta_bias) of the
+        chunk in [BLOCK_D, SUB_L] pieces (coalesced stores)."""
         pid_d = tl.program_id(0)
         batch = tl.program_id(1)
-        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        lanes = tl.arange(0, BLOCK_D)
+        chans = pid_d * BLOCK_D + lanes
         group = (pid_d * BLOCK_D) // channels_per_group
         states = tl.arange(0, N_PAD)
         state_ok = states < n_state
+        positions = tl.arange(0, SUB_L)
 
         a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
         a_mat = a_mat.to(tl.float32)
@@ -454,88 +463,111 @@ if triton is not None:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + chans).to(tl.float32)
 
-        u_rows = u_ptr + batch * stride_u_batch + chans * stride_u_dim
-        delta_rows = delta_ptr + batch * stride_delta_batch + chans * stride_delta_dim
+        u_rows = u_ptr + batch * stride_u_batch + chans[:, None] * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
         dy_rows = dy_ptr + batch * stride_dy_batch + chans * stride_dy_dim
-        grad_rows = (batch * dim + chans) * length  # du, ddelta: contiguous (batch, dim, L)
+        dy_tile_rows = dy_ptr + batch * stride_dy_batch + chans[:, None] * stride_dy_dim
+        grad_rows = (batch * dim + chans[:, None]) * length  # du, ddelta: contiguous (batch, dim, L)
         b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
         c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states * stride_c_state
         dbc_rows = (batch * n_groups + group) * length * n_state + states  # dB, dC: position-major (batch, G, L, N)
         state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
-        # This program's BLOCK_L slots of [BLOCK_D, N_PAD] fp32: slot i holds h_{t0 + i - 1} (slot 0: the saved start).
+        # This program's scratch: BLOCK_L slots of [BLOCK_D, N_PAD] (slot i: h_{t0 + i - 1}, slot 0 the saved start),
+        # then four [BLOCK_L, BLOCK_D] position-major vectors: dt, dt u, sum_n g B, sum_n g a h A.
         slot_size = BLOCK_D * N_PAD
+        vec_size = BLOCK_L * BLOCK_D
         program = batch * tl.num_programs(0) + pid_d
-        scratch_rows = (
-            scratch_ptr + program * (BLOCK_L * slot_size) + tl.arange(0, BLOCK_D)[:, None] * N_PAD + states[None, :]
-        )
+        scratch = scratch_ptr + program * (BLOCK_L * slot_size + 4 * vec_size)
+        h_slots = scratch + lanes[:, None] * N_PAD + states[None, :]
+        vec_rows = scratch + BLOCK_L * slot_size + lanes  # + k * vec_size + i * BLOCK_D
+        vec_tile = scratch + BLOCK_L * slot_size + positions[None, :] * BLOCK_D + lanes[:, None]
 
         g = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # dL/dh_t (through y_t and all later positions)
         a_next = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # a_{t+1}; times g_{t+1} = 0 past the end
         da_acc = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
-        dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dd_acc = tl.zeros([BLOCK_D, SUB_L], dtype=tl.float32)  # summed over the positions at the end
+        dbias_acc = tl.zeros([BLOCK_D, SUB_L], dtype=tl.float32)
         for step in range(0, n_tiles):
             tile = n_tiles - 1 - step
             start = tile * BLOCK_L
             n_pos = tl.minimum(length - start, BLOCK_L)
+            n_sub = tl.cdiv(n_pos, SUB_L)
+            # (0) dt, dt u of the chunk.
+            for q in range(0, n_sub):
+                offs = start + q * SUB_L + positions[None, :]
+                pos_ok = offs < length
+                u = tl.load(u_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                x = tl.load(delta_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    x += bias[:, None]
+                dt = _softplus(x)
+                tl.store(vec_tile + q * (SUB_L * BLOCK_D), dt)
+                tl.store(vec_tile + q * (SUB_L * BLOCK_D) + vec_size, dt * u)
+            tl.debug_barrier()  # scratch written and read by different threads of the program
             # (1) Recompute the chunk's states from its saved start; h ends as h_{last} in registers.
             h = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
             for i in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
-                tl.store(scratch_rows + i * slot_size, h)
-                pos = start + i
-                u = tl.load(u_rows + pos).to(tl.float32)
-                delta = tl.load(delta_rows + pos).to(tl.float32)
-                if HAS_BIAS:
-                    delta += bias
-                dt = _softplus(delta)
-                b_col = tl.load(b_rows + pos * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-                h = tl.exp2(dt[:, None] * a_log2) * h + (dt * u)[:, None] * b_col[None, :]
-            tl.debug_barrier()  # the scratch written above is read below by other threads of the program
+                tl.store(h_slots + i * slot_size, h)
+                dt_i = tl.load(vec_rows + i * BLOCK_D)
+                dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
+                b_col = tl.load(b_rows + (start + i) * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+                h = tl.exp2(dt_i[:, None] * a_log2) * h + dt_u_i[:, None] * b_col[None, :]
+            tl.debug_barrier()
             # (2) Reverse walk: h = h_t (registers), h_prev = h_{t-1} (scratch).
             for j in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
                 i = n_pos - 1 - j
                 pos = start + i
-                h_prev = tl.load(scratch_rows + i * slot_size)
-                u = tl.load(u_rows + pos).to(tl.float32)
-                delta = tl.load(delta_rows + pos).to(tl.float32)
+                h_prev = tl.load(h_slots + i * slot_size)
+                dt_i = tl.load(vec_rows + i * BLOCK_D)
+                dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
                 dy = tl.load(dy_rows + pos).to(tl.float32)
-                if HAS_BIAS:
-                    delta += bias
-                dt = _softplus(delta)
                 b_col = tl.load(b_rows + pos * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
                 c_col = tl.load(c_rows + pos * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
-                decay = tl.exp2(dt[:, None] * a_log2)  # a_t
+                decay = tl.exp2(dt_i[:, None] * a_log2)  # a_t
                 g = a_next * g + c_col[None, :] * dy[:, None]
-                dt_u = dt * u
                 if REDUCE_BC:
                     bc_at = dbc_rows + pos * n_state
                     tl.atomic_add(dc_ptr + bc_at, tl.sum(h * dy[:, None], axis=0), mask=state_ok, sem="relaxed")
-                    tl.atomic_add(db_ptr + bc_at, tl.sum(g * dt_u[:, None], axis=0), mask=state_ok, sem="relaxed")
+                    tl.atomic_add(db_ptr + bc_at, tl.sum(g * dt_u_i[:, None], axis=0), mask=state_ok, sem="relaxed")
                 decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
-                g_b = tl.sum(g * b_col[None, :], axis=1)  # sum_n g_t B_t
-                ddt = u * g_b + tl.sum(decayed_prev * a_mat, axis=1)
-                da_acc += decayed_prev * dt[:, None]
-                du = dt * g_b
-                if HAS_D:
-                    du += d_skip * dy
-                    dd_acc += dy * u
-                # softplus'(x) = sigmoid(x), and softplus is the identity above 20.
-                ddelta = tl.where(delta > 20.0, ddt, ddt / (1.0 + tl.exp(-delta)))
-                if HAS_BIAS:
-                    dbias_acc += ddelta
-                tl.store(du_ptr + grad_rows + pos, du.to(du_ptr.dtype.element_ty))
-                tl.store(ddelta_ptr + grad_rows + pos, ddelta.to(ddelta_ptr.dtype.element_ty))
+                da_acc += decayed_prev * dt_i[:, None]
+                tl.store(vec_rows + 2 * vec_size + i * BLOCK_D, tl.sum(g * b_col[None, :], axis=1))
+                tl.store(vec_rows + 3 * vec_size + i * BLOCK_D, tl.sum(decayed_prev * a_mat, axis=1))
                 a_next = decay
                 h = h_prev
-            tl.debug_barrier()  # the next chunk's recompute overwrites the slots read above
+            tl.debug_barrier()
+            # (3) du_t = dt_t sum_n g_t B_t + D dy_t; ddt_t = u_t sum_n g_t B_t + sum_n g_t a_t h_{t-1} A;
+            # ddelta_t = ddt_t softplus'(x_t) = ddt_t sigmoid(x_t) (softplus is the identity above 20).
+            for q in range(0, n_sub):
+                offs = start + q * SUB_L + positions[None, :]
+                pos_ok = offs < length
+                vec_q = vec_tile + q * (SUB_L * BLOCK_D)
+                u = tl.load(u_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                x = tl.load(delta_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    x += bias[:, None]
+                dt = tl.load(vec_q)
+                g_b = tl.load(vec_q + 2 * vec_size, mask=pos_ok, other=0.0)  # past the end: never written
+                ddt = u * g_b + tl.load(vec_q + 3 * vec_size, mask=pos_ok, other=0.0)
+                du = dt * g_b
+                if HAS_D:
+                    dy_tile = tl.load(dy_tile_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                    du += d_skip[:, None] * dy_tile
+                    dd_acc += dy_tile * u
+                ddelta = tl.where(x > 20.0, ddt, ddt / (1.0 + tl.exp(-x)))
+                ddelta = tl.where(pos_ok, ddelta, 0.0)
+                if HAS_BIAS:
+                    dbias_acc += ddelta
+                tl.store(du_ptr + grad_rows + offs, du.to(du_ptr.dtype.element_ty), mask=pos_ok)
+                tl.store(ddelta_ptr + grad_rows + offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok)
 
         tl.atomic_add(
             da_ptr + chans[:, None] * n_state + states[None, :], da_acc, mask=state_ok[None, :], sem="relaxed"
         )
         if HAS_D:
-            tl.atomic_add(dd_ptr + chans, dd_acc, sem="relaxed")
+            tl.atomic_add(dd_ptr + chans, tl.sum(dd_acc, axis=1), sem="relaxed")
         if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + chans, dbias_acc, sem="relaxed")
+            tl.atomic_add(dbias_ptr + chans, tl.sum(dbias_acc, axis=1), sem="relaxed")
 
 
 def _block_d(channels_per_group: int, preferred: int) -> int:
@@ -680,9 +712,14 @@ def _backward(
     grid = (dim // block_d, batch)
     if seq:
         B, C = _position_major(B), _position_major(C)
-        # Per program block_l slots of [block_d, N_PAD] fp32 for the recomputed states of one chunk.
-        scratch = torch.empty(grid[0] * grid[1] * block_l * block_d * n_pad, device=u.device, dtype=torch.float32)
-        kernel, extra_ptrs, extra = _scan_bwd_seq_kernel, [scratch], {"UNROLL": BWD_SEQ_UNROLL}
+        if block_l & (block_l - 1):
+            raise ValueError(f"triton_scan.BWD_SEQ_CHUNK must be a power of two, got {BWD_SEQ_CHUNK}")
+        # Per program: block_l slots of [block_d, N_PAD] fp32 (a chunk's states) and 4 [block_l, block_d] vectors.
+        per_program = block_l * block_d * (n_pad + 4)
+        scratch = torch.empty(grid[0] * grid[1] * per_program, device=u.device, dtype=torch.float32)
+        # Prologue / epilogue pieces of [block_d, sub_l]: two elements per thread.
+        sub_l = max(1, min(block_l, 64 * num_warps // block_d))
+        kernel, extra_ptrs, extra = _scan_bwd_seq_kernel, [scratch], {"SUB_L": sub_l, "UNROLL": BWD_SEQ_UNROLL}
         pos_strides = [B.stride(3), C.stride(3)]
     else:
         kernel, extra_ptrs, extra, pos_strides = _scan_bwd_kernel, [], {}, []

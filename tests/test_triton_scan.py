@@ -111,10 +111,13 @@ def test_interpreter_matches_torch_scan(
 @pytest.mark.parametrize(
     "dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias",
     [
-        # 2 groups of 8 channels, 4 programs per group; chunks 16 + 16 + 5 (partial last); fp64 in (fp32 inside)
-        (torch.float64, 2, 16, 37, 4, 2, 2, 16, "seq", True),
+        # 2 groups of 16 channels, 2 programs per group; chunks 16 + 16 + 5 (partial last), prologue / epilogue in
+        # pieces of 8 positions (the last one partial); fp64 in (fp32 inside)
+        (torch.float64, 2, 32, 37, 4, 2, 8, 16, "seq", True),
         # N not a power of two, ungrouped B/C, 2 programs; chunks 8 + 8 + 4; no D, no delta_bias; tile forward
         (torch.float32, 1, 8, 20, 5, None, 4, 8, "tile", False),
+        # the sequence shorter than one chunk; 4 groups of 2 channels, one program each
+        (torch.float32, 1, 8, 5, 4, 4, 2, 16, "seq", True),
     ],
 )
 def test_interpreter_seq_backward_matches_torch_scan(

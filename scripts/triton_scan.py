@@ -19,6 +19,15 @@ avoids both the shift and a division. dB and dC (sums over a group's channels) a
 batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
 backward the gradients are not bitwise deterministic.
 
+Version 4 backward, ``BWD_KIND = "seq"`` (not the default until timed on a GPU): no associative scan. One program owns
+BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
+dt and dt u of the chunk are computed as [BLOCK_D, SUB_L] tiles into a per-program scratch buffer, h is recomputed
+one position per step from the saved chunk start (h_{t-1} of each position into scratch), then the chunk is walked
+backward one position per step with g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} carried from the previous
+step), dB_t / dC_t added per position with atomics into position-major (batch, G, L, N) buffers, and du, ddelta,
+dD, d(delta_bias) finished per chunk as tiles. ddelta_t = sigmoid(x_t) sum_n g_t[n] (A[n] a_t[n] h_{t-1}[n] + B_t[n]
+u_t) with x = delta + delta_bias, a_t = exp(dt_t A) (the derivative of h_t = a_t h_{t-1} + dt_t B_t u_t in dt_t).
+
 Measured on an H200 (docs/performance.md): 14.0 ms forward and 92.3 ms forward+backward for the 16 scans of a
 batch-24 training step, against mamba-ssm's 17.1 and 66.7 (1.22x forward, 0.72x forward+backward), so mamba-ssm stays
 the default. The forward came down from 21.8 ms with B/C read position-major and smaller programs

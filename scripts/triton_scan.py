@@ -96,6 +96,16 @@ if triton is not None:
         return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_z)
 
     @triton.jit
+    def _memory_position(order_ptr, group, t, length, REORDER: tl.constexpr):
+        """Where scan step t of this group reads and writes along L: ``order[group, t]`` with REORDER (SS2D's fused
+        cross-scan: every direction reads the row-major feature map in its own order), else t itself. t: a scalar
+        or a vector of steps; steps past the end map to 0 (their loads and stores are masked anyway)."""
+        if REORDER:
+            return tl.load(order_ptr + group * length + t, mask=t < length, other=0)
+        else:
+            return t
+
+    @triton.jit
     def _scan_fwd_kernel(
         u_ptr,
         delta_ptr,
@@ -106,7 +116,9 @@ if triton is not None:
         bias_ptr,
         y_ptr,
         state_ptr,
+        order_ptr,
         dim,
+        u_channels,
         length,
         n_state,
         channels_per_group,
@@ -126,6 +138,7 @@ if triton is not None:
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         SAVE_STATE: tl.constexpr,
+        REORDER: tl.constexpr,
         N_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
@@ -147,7 +160,7 @@ if triton is not None:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + chans).to(tl.float32)
 
-        u_rows = u_ptr + batch * stride_u_batch + chans[:, None] * stride_u_dim
+        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
         delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
         y_rows = y_ptr + batch * dim * length + chans[:, None] * length
         b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
@@ -160,15 +173,16 @@ if triton is not None:
                 tl.store(state_rows + tile * n_state, h, mask=state_ok[None, :])
             pos = tile * BLOCK_L + positions
             pos_ok = pos < length
-            u = tl.load(u_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            delta = tl.load(delta_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            mem = _memory_position(order_ptr, group, pos, length, REORDER)
+            u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            delta = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
             if HAS_BIAS:
                 delta += bias[:, None]
             # dt = 0 past the end: decay 1 and input 0 keep the carried state unchanged there.
             dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
             bc_mask = state_ok[:, None] & pos_ok[None, :]
-            b_tile = tl.load(b_rows + pos[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
-            c_tile = tl.load(c_rows + pos[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
+            b_tile = tl.load(b_rows + mem[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
+            c_tile = tl.load(c_rows + mem[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
 
             decay = tl.exp2(dt[:, None, :] * a_log2[:, :, None])  # [BLOCK_D, N, BLOCK_L]
             inputs = (dt * u)[:, None, :] * b_tile[None, :, :]
@@ -177,7 +191,7 @@ if triton is not None:
             y = tl.sum(h_all * c_tile[None, :, :], axis=1)
             if HAS_D:
                 y += d_skip[:, None] * u
-            tl.store(y_rows + pos[None, :], y.to(y_ptr.dtype.element_ty), mask=pos_ok[None, :])
+            tl.store(y_rows + mem[None, :], y.to(y_ptr.dtype.element_ty), mask=pos_ok[None, :])
             h = tl.sum(tl.where(positions[None, None, :] == BLOCK_L - 1, h_all, 0.0), axis=2)
 
     @triton.jit
@@ -191,7 +205,9 @@ if triton is not None:
         bias_ptr,
         y_ptr,
         state_ptr,
+        order_ptr,
         dim,
+        u_channels,
         length,
         n_state,
         channels_per_group,
@@ -211,6 +227,7 @@ if triton is not None:
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         SAVE_STATE: tl.constexpr,
+        REORDER: tl.constexpr,
         N_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
@@ -229,7 +246,7 @@ if triton is not None:
             d_skip = tl.load(d_ptr + chans).to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + chans).to(tl.float32)
-        u_rows = u_ptr + batch * stride_u_batch + chans * stride_u_dim
+        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels) * stride_u_dim
         delta_rows = delta_ptr + batch * stride_delta_batch + chans * stride_delta_dim
         y_rows = y_ptr + batch * dim * length + chans * length
         b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
@@ -240,18 +257,19 @@ if triton is not None:
             if SAVE_STATE:
                 if pos % BLOCK_L == 0:
                     tl.store(state_rows + (pos // BLOCK_L) * n_state, h, mask=state_ok[None, :])
-            u = tl.load(u_rows + pos).to(tl.float32)
-            delta = tl.load(delta_rows + pos).to(tl.float32)
+            mem = _memory_position(order_ptr, group, pos, length, REORDER)
+            u = tl.load(u_rows + mem).to(tl.float32)
+            delta = tl.load(delta_rows + mem).to(tl.float32)
             if HAS_BIAS:
                 delta += bias
             dt = _softplus(delta)
-            b_col = tl.load(b_rows + pos * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-            c_col = tl.load(c_rows + pos * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
+            b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+            c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * a_log2) * h + (dt * u)[:, None] * b_col[None, :]
             y = tl.sum(h * c_col[None, :], axis=1)
             if HAS_D:
                 y += d_skip * u
-            tl.store(y_rows + pos, y.to(y_ptr.dtype.element_ty))
+            tl.store(y_rows + mem, y.to(y_ptr.dtype.element_ty))
 
     @triton.jit
     def _scan_bwd_kernel(
@@ -264,6 +282,7 @@ if triton is not None:
         bias_ptr,
         dy_ptr,
         state_ptr,
+        order_ptr,
         du_ptr,
         ddelta_ptr,
         da_ptr,
@@ -272,6 +291,7 @@ if triton is not None:
         dd_ptr,
         dbias_ptr,
         dim,
+        u_channels,
         length,
         n_state,
         channels_per_group,
@@ -292,6 +312,7 @@ if triton is not None:
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         REDUCE_BC: tl.constexpr,
+        REORDER: tl.constexpr,
         N_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
@@ -312,7 +333,7 @@ if triton is not None:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + chans).to(tl.float32)
 
-        u_rows = u_ptr + batch * stride_u_batch + chans[:, None] * stride_u_dim
+        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
         delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
         dy_rows = dy_ptr + batch * stride_dy_batch + chans[:, None] * stride_dy_dim
         grad_rows = (batch * dim + chans[:, None]) * length  # du, ddelta: contiguous (batch, dim, L)
@@ -332,18 +353,20 @@ if triton is not None:
             pos_ok = pos < length
             # Position t+1 inside this tile; the tile's last position takes the next tile's decay through carry.
             next_ok = (pos + 1 < length) & (positions < BLOCK_L - 1)
-            u = tl.load(u_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            delta = tl.load(delta_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            delta_next = tl.load(delta_rows + pos[None, :] + 1, mask=next_ok[None, :], other=0.0).to(tl.float32)
-            dy = tl.load(dy_rows + pos[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            mem = _memory_position(order_ptr, group, pos, length, REORDER)
+            mem_next = _memory_position(order_ptr, group, pos + 1, length, REORDER)
+            u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            delta = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            delta_next = tl.load(delta_rows + mem_next[None, :], mask=next_ok[None, :], other=0.0).to(tl.float32)
+            dy = tl.load(dy_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
             if HAS_BIAS:
                 delta += bias[:, None]
                 delta_next += bias[:, None]
             dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
             dt_next = tl.where(next_ok[None, :], _softplus(delta_next), 0.0)
             bc_mask = state_ok[:, None] & pos_ok[None, :]
-            b_tile = tl.load(b_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
-            c_tile = tl.load(c_rows + pos[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+            b_tile = tl.load(b_rows + mem[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+            c_tile = tl.load(c_rows + mem[None, :], mask=bc_mask, other=0.0).to(tl.float32)
 
             # Recompute the tile's states h_t from the saved state at the tile start.
             dt_u = dt * u
@@ -354,7 +377,7 @@ if triton is not None:
             h_all = h_local + decay_prod * h_start[:, :, None]
             if REDUCE_BC:
                 tl.atomic_add(
-                    dc_ptr + dbc_rows + pos[None, :],
+                    dc_ptr + dbc_rows + mem[None, :],
                     tl.sum(h_all * dy[:, None, :], axis=0),
                     mask=bc_mask,
                     sem="relaxed",
@@ -374,7 +397,7 @@ if triton is not None:
             ddt = u * g_b + tl.sum(decayed_prev * a_mat[:, :, None], axis=1)
             da_acc += tl.sum(decayed_prev * dt[:, None, :], axis=2)
             tl.atomic_add(
-                db_ptr + dbc_rows + pos[None, :], tl.sum(g * dt_u[:, None, :], axis=0), mask=bc_mask, sem="relaxed"
+                db_ptr + dbc_rows + mem[None, :], tl.sum(g * dt_u[:, None, :], axis=0), mask=bc_mask, sem="relaxed"
             )
             du = dt * g_b
             if HAS_D:
@@ -385,9 +408,9 @@ if triton is not None:
             ddelta = tl.where(pos_ok[None, :], ddelta, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(ddelta, axis=1)
-            tl.store(du_ptr + grad_rows + pos[None, :], du.to(du_ptr.dtype.element_ty), mask=pos_ok[None, :])
+            tl.store(du_ptr + grad_rows + mem[None, :], du.to(du_ptr.dtype.element_ty), mask=pos_ok[None, :])
             tl.store(
-                ddelta_ptr + grad_rows + pos[None, :], ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok[None, :]
+                ddelta_ptr + grad_rows + mem[None, :], ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok[None, :]
             )
 
         tl.atomic_add(
@@ -409,6 +432,7 @@ if triton is not None:
         bias_ptr,
         dy_ptr,
         state_ptr,
+        order_ptr,
         scratch_ptr,
         du_ptr,
         ddelta_ptr,
@@ -418,6 +442,7 @@ if triton is not None:
         dd_ptr,
         dbias_ptr,
         dim,
+        u_channels,
         length,
         n_state,
         channels_per_group,
@@ -440,6 +465,7 @@ if triton is not None:
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         REDUCE_BC: tl.constexpr,
+        REORDER: tl.constexpr,
         N_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
@@ -472,7 +498,7 @@ if triton is not None:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + chans).to(tl.float32)
 
-        u_rows = u_ptr + batch * stride_u_batch + chans[:, None] * stride_u_dim
+        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
         delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
         dy_rows = dy_ptr + batch * stride_dy_batch + chans * stride_dy_dim
         dy_tile_rows = dy_ptr + batch * stride_dy_batch + chans[:, None] * stride_dy_dim
@@ -505,8 +531,9 @@ if triton is not None:
             for q in range(0, n_sub):
                 offs = start + q * SUB_L + positions[None, :]
                 pos_ok = offs < length
-                u = tl.load(u_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
-                x = tl.load(delta_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                mem = _memory_position(order_ptr, group, offs, length, REORDER)
+                u = tl.load(u_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
+                x = tl.load(delta_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     x += bias[:, None]
                 dt = _softplus(x)
@@ -519,23 +546,24 @@ if triton is not None:
                 tl.store(h_slots + i * slot_size, h)
                 dt_i = tl.load(vec_rows + i * BLOCK_D)
                 dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
-                b_col = tl.load(b_rows + (start + i) * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+                mem = _memory_position(order_ptr, group, start + i, length, REORDER)
+                b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
                 h = tl.exp2(dt_i[:, None] * a_log2) * h + dt_u_i[:, None] * b_col[None, :]
             tl.debug_barrier()
             # (2) Reverse walk: h = h_t (registers), h_prev = h_{t-1} (scratch).
             for j in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
                 i = n_pos - 1 - j
-                pos = start + i
+                mem = _memory_position(order_ptr, group, start + i, length, REORDER)
                 h_prev = tl.load(h_slots + i * slot_size)
                 dt_i = tl.load(vec_rows + i * BLOCK_D)
                 dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
-                dy = tl.load(dy_rows + pos).to(tl.float32)
-                b_col = tl.load(b_rows + pos * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-                c_col = tl.load(c_rows + pos * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
+                dy = tl.load(dy_rows + mem).to(tl.float32)
+                b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+                c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
                 decay = tl.exp2(dt_i[:, None] * a_log2)  # a_t
                 g = a_next * g + c_col[None, :] * dy[:, None]
                 if REDUCE_BC:
-                    bc_at = dbc_rows + pos * n_state
+                    bc_at = dbc_rows + mem * n_state
                     tl.atomic_add(dc_ptr + bc_at, tl.sum(h * dy[:, None], axis=0), mask=state_ok, sem="relaxed")
                     tl.atomic_add(db_ptr + bc_at, tl.sum(g * dt_u_i[:, None], axis=0), mask=state_ok, sem="relaxed")
                 decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
@@ -550,9 +578,10 @@ if triton is not None:
             for q in range(0, n_sub):
                 offs = start + q * SUB_L + positions[None, :]
                 pos_ok = offs < length
+                mem = _memory_position(order_ptr, group, offs, length, REORDER)
                 vec_q = vec_tile + q * (SUB_L * BLOCK_D)
-                u = tl.load(u_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
-                x = tl.load(delta_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                u = tl.load(u_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
+                x = tl.load(delta_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     x += bias[:, None]
                 dt = tl.load(vec_q)
@@ -560,15 +589,15 @@ if triton is not None:
                 ddt = u * g_b + tl.load(vec_q + 3 * vec_size, mask=pos_ok, other=0.0)
                 du = dt * g_b
                 if HAS_D:
-                    dy_tile = tl.load(dy_tile_rows + offs, mask=pos_ok, other=0.0).to(tl.float32)
+                    dy_tile = tl.load(dy_tile_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
                     du += d_skip[:, None] * dy_tile
                     dd_acc += dy_tile * u
                 ddelta = tl.where(x > 20.0, ddt, ddt / (1.0 + tl.exp(-x)))
                 ddelta = tl.where(pos_ok, ddelta, 0.0)
                 if HAS_BIAS:
                     dbias_acc += ddelta
-                tl.store(du_ptr + grad_rows + offs, du.to(du_ptr.dtype.element_ty), mask=pos_ok)
-                tl.store(ddelta_ptr + grad_rows + offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok)
+                tl.store(du_ptr + grad_rows + mem, du.to(du_ptr.dtype.element_ty), mask=pos_ok)
+                tl.store(ddelta_ptr + grad_rows + mem, ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok)
 
         tl.atomic_add(
             da_ptr + chans[:, None] * n_state + states[None, :], da_acc, mask=state_ok[None, :], sem="relaxed"
@@ -619,20 +648,21 @@ def _forward(
     delta_bias: torch.Tensor | None,
     save_state: bool,
     block_l: int | None = None,
+    orders: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel; returns y (u's dtype) and, with save_state, the tile-start states.
+    """Launch the forward kernel; returns y (delta's shape, u's dtype) and, with save_state, the tile-start states.
 
     Tile sizes come from the module constants at call time (scripts/benchmark_scan.py sweeps them); block_l overrides
-    FWD_BLOCK_L (the training forward uses the backward's tile length)."""
+    FWD_BLOCK_L (the training forward uses the backward's tile length). orders: see triton_selective_scan."""
     block_d, num_warps = FWD_BLOCK_D, FWD_WARPS
     block_l = FWD_BLOCK_L if block_l is None else block_l
-    batch, dim, length = u.shape
+    batch, dim, length = delta.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
     block_d = _block_d(per_group, block_d)
     block_l = _tile_length(length, block_l)
     n_tiles = triton.cdiv(length, block_l)
-    y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
+    y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)  # in memory order, like delta
     state = (
         torch.empty((batch, dim, n_tiles, n_state), device=u.device, dtype=torch.float32)
         if save_state
@@ -655,7 +685,9 @@ def _forward(
         delta_bias if delta_bias is not None else a_fp32,
         y,
         state,
+        orders if orders is not None else a_fp32,  # never read without REORDER
         dim,
+        u.shape[1],
         length,
         n_state,
         per_group,
@@ -675,6 +707,7 @@ def _forward(
         HAS_D=D is not None,
         HAS_BIAS=delta_bias is not None,
         SAVE_STATE=save_state,
+        REORDER=orders is not None,
         N_PAD=_next_pow2(n_state),
         BLOCK_D=block_d,
         BLOCK_L=block_l,
@@ -696,18 +729,22 @@ def _backward(
     state: torch.Tensor,
     block_l: int,
     kind: str = "tile",
+    orders: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the backward kernel of ``kind`` ("tile" or "seq") with the forward's tile length (the spacing of the
-    saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias)."""
+    saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), du in u's shape."""
     seq = kind == "seq"
     block_d, num_warps = (BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS) if seq else (BWD_BLOCK_D, BWD_WARPS)
-    batch, dim, length = u.shape
+    batch, dim, length = delta.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
     block_d = _block_d(per_group, block_d)
     n_tiles = state.shape[2]
     n_pad = _next_pow2(n_state)
-    du = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)
+    # u shared by several groups (SS2D's fused cross-scan): channel d reads u channel d % u_channels; each group's du
+    # in fp32, summed over the groups sharing a u channel below.
+    shared_u = u.shape[1] != dim
+    du = torch.empty((batch, dim, length), device=u.device, dtype=torch.float32 if shared_u else u.dtype)
     ddelta = torch.empty((batch, dim, length), device=u.device, dtype=delta.dtype)
     # Accumulated with atomics across programs: fp32 and zero-initialised. dB, dC: (batch, G, L, N) memory for seq (one
     # position's N values contiguous), (batch, G, N, L) for tile.
@@ -742,6 +779,7 @@ def _backward(
         delta_bias if delta_bias is not None else a_fp32,
         dy,
         state,
+        orders if orders is not None else a_fp32,  # never read without REORDER
         *extra_ptrs,
         du,
         ddelta,
@@ -751,6 +789,7 @@ def _backward(
         dd,
         dbias,
         dim,
+        u.shape[1],
         length,
         n_state,
         per_group,
@@ -772,6 +811,7 @@ def _backward(
         HAS_D=D is not None,
         HAS_BIAS=delta_bias is not None,
         REDUCE_BC=BWD_REDUCE_BC,
+        REORDER=orders is not None,
         N_PAD=n_pad,
         BLOCK_D=block_d,
         BLOCK_L=block_l,
@@ -780,6 +820,8 @@ def _backward(
     )
     if seq:  # back to the (batch, G, N, L) shape (a transposed view; .to below copies only for a dtype change)
         db, dc = db.transpose(2, 3), dc.transpose(2, 3)
+    if shared_u:
+        du = du.view(batch, dim // u.shape[1], u.shape[1], length).sum(dim=1).to(u.dtype)
     return (
         du,
         ddelta,
@@ -795,19 +837,40 @@ class TritonSelectiveScan(torch.autograd.Function):
     """Differentiable Triton selective scan; saves the inputs plus the (batch, dim, n_tiles, N) fp32 tile states."""
 
     @staticmethod
-    def forward(ctx: Any, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
+    def forward(ctx: Any, u, delta, A, B, C, D, delta_bias, orders):  # type: ignore[override]
         # The saved states are the backward's tile starts, so the forward runs with the backward's tile length.
         preferred = _bwd_chunk_preference()
-        y, state = _forward(u, delta, A, B, C, D, delta_bias, save_state=True, block_l=preferred)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, state)
-        ctx.block_l, ctx.bwd_kind = _tile_length(u.shape[2], preferred), BWD_KIND
+        y, state = _forward(u, delta, A, B, C, D, delta_bias, save_state=True, block_l=preferred, orders=orders)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, state, orders)
+        ctx.block_l, ctx.bwd_kind = _tile_length(delta.shape[2], preferred), BWD_KIND
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
-        u, delta, A, B, C, D, delta_bias, state = ctx.saved_tensors
+        u, delta, A, B, C, D, delta_bias, state, orders = ctx.saved_tensors
         dy = last_dim_contiguous(dy)
-        return _backward(u, delta, A, B, C, D, delta_bias, dy, state, ctx.block_l, ctx.bwd_kind)
+        grads = _backward(u, delta, A, B, C, D, delta_bias, dy, state, ctx.block_l, ctx.bwd_kind, orders)
+        return (*grads, None)
+
+
+def _check_orders(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, orders: torch.Tensor) -> None:
+    """Raise ValueError unless ``orders`` and a possibly shared ``u`` fit triton_selective_scan's signature (the
+    kernels index memory with the orders, so a wrong shape would read out of bounds)."""
+    batch, dim, length = delta.shape
+    n_groups = B.shape[1] if B.dim() == 4 else 1
+    if orders.shape != (n_groups, length) or orders.dtype != torch.int32 or orders.device != delta.device:
+        raise ValueError(
+            f"triton_selective_scan: orders must be int32 (groups={n_groups}, L={length}) on {delta.device}, got "
+            f"{orders.dtype} {tuple(orders.shape)} on {orders.device}"
+        )
+    per_group = dim // n_groups
+    u_channels = u.shape[1] if u.dim() == 3 else 0
+    shape_ok = u.dim() == 3 and (u.shape[0], u.shape[2]) == (batch, length)
+    if not (shape_ok and u_channels % per_group == 0 and dim % u_channels == 0) or u.device != delta.device:
+        raise ValueError(
+            f"triton_selective_scan: with orders, u must be (batch={batch}, k * {per_group}, L={length}) with k "
+            f"dividing the {n_groups} groups, on {delta.device}; got {tuple(u.shape)} on {u.device}"
+        )
 
 
 def triton_selective_scan(
@@ -818,6 +881,7 @@ def triton_selective_scan(
     C: torch.Tensor,
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
+    orders: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Selective scan with delta_softplus=True (mamba-ssm's ``selective_scan_fn`` without z), differentiable.
 
@@ -826,6 +890,13 @@ def triton_selective_scan(
         A: (dim, N) real, negative for a decaying state (computed in float32).
         B, C: (batch, G, N, L) with channel d using group d // (dim / G), or (batch, N, L) (one group); any float dtype.
         D, delta_bias: (dim,) or None.
+        orders: None (every group scans positions 0, 1, ..., L-1), or (G, L) int32 on u's device whose row g is a
+            permutation of 0..L-1 (not checked: each entry must lie in [0, L)): group g's recurrence visits the
+            positions orders[g, 0], orders[g, 1], ... of u, delta, B and C, and y (and every gradient) is written at
+            those positions, so all tensors stay in one memory order while each group scans in its own order. With
+            orders, u may also have fewer channels, (batch, k dim / G, L) with k dividing G: channel d reads u channel
+            d % (k dim / G), so G / k groups share each u channel (SS2D's fused cross-scan: the four directions read
+            one or two copies of the feature map), and u's gradient is summed over the groups sharing it.
 
     Returns:
         y: (batch, dim, L) in u's dtype; the state and all arithmetic are float32 (float64 inputs are computed in
@@ -833,10 +904,16 @@ def triton_selective_scan(
     """
     if triton is None:
         raise RuntimeError("scripts/triton_scan.py: Triton is not installed; use the 'cuda' or 'torch' scan backend")
-    check_scan_inputs(u, delta, A, B, C, D, delta_bias)
+    if orders is None:
+        check_scan_inputs(u, delta, A, B, C, D, delta_bias)
+    else:
+        check_scan_inputs(delta, delta, A, B, C, D, delta_bias)
+        _check_orders(u, delta, B, orders)
     B = B.unsqueeze(1) if B.dim() == 3 else B
     C = C.unsqueeze(1) if C.dim() == 3 else C
     u, delta, B, C = (last_dim_contiguous(t) for t in (u, delta, B, C))
+    if orders is not None:
+        orders = orders.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)):
-        return TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias)
-    return _forward(u, delta, A, B, C, D, delta_bias, save_state=False)[0]
+        return TritonSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, orders)
+    return _forward(u, delta, A, B, C, D, delta_bias, save_state=False, orders=orders)[0]

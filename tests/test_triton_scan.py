@@ -144,6 +144,89 @@ def test_interpreter_seq_backward_matches_torch_scan(
         assert rel_err(x, r) < 1e-5, name
 
 
+def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):
+    """Reference for ``orders``: gather every group's inputs into its scan order, run the PyTorch scan, scatter y
+    back to memory order (autograd of the gathers gives the reference gradients); u may be shared by the groups."""
+    batch, dim, length = delta.shape
+    groups = B.shape[1]
+    index = orders.long().view(1, groups, 1, length)
+
+    def to_scan(x):  # (batch, groups * rows, L) or (batch, groups, rows, L) in memory order -> scan order
+        grouped = x.reshape(batch, groups, -1, length)
+        return grouped.gather(3, index.expand_as(grouped)).reshape(x.shape)
+
+    u_full = u.repeat(1, dim // u.shape[1], 1)  # channel d reads u channel d % u_channels
+    y_scan = torch_scan(to_scan(u_full), to_scan(delta), A, to_scan(B), to_scan(C), D, delta_bias)
+    inverse = orders.long().argsort(dim=1).view(1, groups, 1, length)
+    grouped = y_scan.view(batch, groups, -1, length)
+    return grouped.gather(3, inverse.expand_as(grouped)).reshape(batch, dim, length)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+@pytest.mark.parametrize(
+    "forward_kind, backward_kind, u_groups, orders_kind",
+    [
+        ("tile", "tile", 4, "ss2d"),  # SS2D's fused cross-scan ("index"): 4 directions of one 5x7 map share u
+        ("seq", "seq", 4, "ss2d"),
+        ("seq", "tile", 2, "pair"),  # "pair": 2 copies of u, each walked forward and backward
+        ("seq", "tile", 1, "random"),  # any permutation per group, u per channel
+        ("tile", "seq", 1, "random"),
+    ],
+)
+def test_interpreter_orders_match_gathered_torch_scan(monkeypatch, forward_kind, backward_kind, u_groups, orders_kind):
+    """u_groups: how many groups share each u channel."""
+    from scripts.networks.mamba_unet import _direction_orders
+
+    monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
+    monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
+    monkeypatch.setattr(triton_scan, "BWD_BLOCK_L", 16)  # tiles 16 + 16 + 3: a partial last tile
+    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 16)
+    monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", 2)  # 2 programs per group
+    batch, dim, groups, height, width = 1, 16, 4, 5, 7
+    length = height * width
+    inputs = make_inputs(7, batch, dim, length, 4, groups, torch.float32)
+    inputs[0] = inputs[0][:, : dim // u_groups]
+    if orders_kind == "ss2d":
+        orders = _direction_orders(height, width, torch.device("cpu"))[0].int()
+    elif orders_kind == "pair":
+        forward = torch.arange(length, dtype=torch.int32)
+        orders = torch.stack([forward, forward, forward.flip(0), forward.flip(0)])
+    else:
+        gen = torch.Generator().manual_seed(8)
+        orders = torch.stack([torch.randperm(length, generator=gen) for _ in range(groups)]).int()
+    dy = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(9))
+
+    def fused(*args):
+        return triton_scan.triton_selective_scan(*args, orders=orders)
+
+    def reference(*args):
+        return reordered_torch_scan(*args, orders)
+
+    got = output_and_grads(fused, inputs, dy)
+    ref = output_and_grads(reference, [t.double() for t in inputs], dy.double())
+    for name, x, r in zip(("y",) + GRAD_NAMES, got, ref, strict=True):
+        assert x.dtype == torch.float32 and x.shape == r.shape, name
+        assert rel_err(x, r) < 1e-5, name
+    with torch.no_grad():
+        assert rel_err(fused(*inputs), ref[0]) < 1e-5
+
+
+@pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
+@pytest.mark.parametrize(
+    "orders, u_channels, message",
+    [
+        (torch.zeros(4, 8, dtype=torch.int64), 4, "orders must be int32"),
+        (torch.zeros(2, 8, dtype=torch.int32), 4, "orders must be int32 \\(groups=4"),
+        (torch.zeros(4, 8, dtype=torch.int32), 3, "u must be"),
+    ],
+)
+def test_bad_orders_raise_before_any_kernel_runs(orders, u_channels, message):
+    inputs = make_inputs(0, 1, 8, 8, 4, 4, torch.float32)
+    inputs[0] = inputs[0][:, :u_channels]
+    with pytest.raises(ValueError, match=message):
+        triton_scan.triton_selective_scan(*inputs, orders=orders)
+
+
 @pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
 def test_unknown_backward_kind_raises(monkeypatch):
     monkeypatch.setattr(triton_scan, "BWD_KIND", "scan")

@@ -1,7 +1,9 @@
 """Training and inference speed of the bundle's networks on the current device.
 
 ``python -m scripts.benchmark [--networks mamba_unet,unet,swin_unet] [--batch 24] [--size 224] [--steps N]
-[--amp bf16|none] [--compile] [--pipeline_iters N] [--dataset_dir DIR]`` prints, per network:
+[--amp bf16|none] [--compile] [--pipeline_iters N] [--dataset_dir DIR] [--triton_cross_scan pair|index|gather]``
+prints, per network (the scan backend follows ``MAMBA_UNET_SCAN``; on ``triton``, ``--triton_cross_scan`` sets how
+SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN):
 
 - training img/s and ms/step: forward + DiceCE loss + backward + SGD step on a batch already on the device, each step
   timed with CUDA events (wall clock on CPU) after warm-up; the median step;
@@ -23,6 +25,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -104,6 +107,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset_dir", default=None, help="SSL4MIS ACDC folder; default: the synthetic phantom")
     parser.add_argument("--num_workers", type=int, default=4, help="pipeline DataLoader/CacheDataset workers")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--triton_cross_scan",
+        choices=("pair", "index", "gather"),
+        default=None,
+        help="on the Triton scan (MAMBA_UNET_SCAN=triton): SS2D's cross-scan mode; default mamba_unet.TRITON_CROSS_SCAN",
+    )
     args = parser.parse_args(argv)
     args.networks = [name.strip() for name in args.networks.split(",") if name.strip()]
     unknown = [name for name in args.networks if name not in NETWORKS]
@@ -192,8 +201,11 @@ def recording_scans(calls: list[tuple[Callable, tuple, dict]]) -> Iterator[None]
 
         return recorder
 
-    # mamba_kernel_scan: the CUDA op in versions that kept it in mamba_unet.py; selective_scan: every backend now.
-    names = [name for name in ("mamba_kernel_scan", "selective_scan") if hasattr(mamba_unet, name)]
+    # mamba_kernel_scan: the CUDA op in versions that kept it in mamba_unet.py; selective_scan: every backend's
+    # gathered path; triton_selective_scan: the fused cross-scan path on the Triton backend.
+    names = [
+        name for name in ("mamba_kernel_scan", "selective_scan", "triton_selective_scan") if hasattr(mamba_unet, name)
+    ]
     originals = {name: getattr(mamba_unet, name) for name in names}
     for name, function in originals.items():
         setattr(mamba_unet, name, wrap(function))
@@ -351,10 +363,15 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         torch.backends.cudnn.allow_tf32 = True
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    from scripts.networks import mamba_unet
+
+    if args.triton_cross_scan is not None:
+        mamba_unet.TRITON_CROSS_SCAN = args.triton_cross_scan
     describe = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device {describe}, torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}, amp {args.amp}, "
-        f"compile {args.compile}, tf32 {args.tf32}, {args.steps} timed steps after {args.warmup}",
+        f"compile {args.compile}, tf32 {args.tf32}, {args.steps} timed steps after {args.warmup}, scan "
+        f"{os.environ.get('MAMBA_UNET_SCAN', 'auto')} (cross-scan on Triton: {mamba_unet.TRITON_CROSS_SCAN})",
         flush=True,
     )
     results = []

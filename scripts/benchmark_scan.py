@@ -15,6 +15,11 @@ sequence of calls, warm-up first, median of --steps.
 --sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first.
 --bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans) or "seq" (version 4,
 one position per step).
+
+"tri-pair" and "tri-index" rows run the Triton kernel as SS2D's fused cross-scan modes call it (``orders``, u holding
+2 or 1 copies of the map shared by the 4 directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the
+sum of du over the directions sharing a copy and, for "index", the strided reads of the column-major directions; their
+GB/s use the same byte counts as the other rows.
 """
 
 from __future__ import annotations
@@ -72,6 +77,21 @@ def pass_bytes(batch: int, d_inner: int, side: int, itemsize: int, backward: boo
     if not backward:
         return itemsize * (3 * big + 2 * small)
     return itemsize * (5 * big + 2 * small) + 4 * 2 * small
+
+
+def fused_cross_scan(mode: str) -> ScanFn:
+    """The Triton kernel as SS2D's fused cross-scan runs it (mamba_unet.TRITON_CROSS_SCAN ``mode``, "pair" or
+    "index"): u holds 2 or 1 copies of the (batch, d_inner, L) map, shared by the 4 directions, and each direction
+    walks its kernel order of the square map (delta, B, C, y in the same memory order)."""
+    from scripts.networks.mamba_unet import _kernel_orders
+
+    def scan(u, delta, A, B, C, D, delta_bias) -> torch.Tensor:
+        side = math.isqrt(delta.shape[2])
+        orders = _kernel_orders(mode, side, side, delta.device)
+        return triton_scan.triton_selective_scan(u, delta, A, B, C, D, delta_bias, orders=orders)
+
+    scan.copies = 2 if mode == "pair" else 1  # type: ignore[attr-defined]
+    return scan
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -152,11 +172,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             stage_of.append(stage)
     itemsize = torch.empty((), dtype=dtype).element_size()
 
+    # The fused cross-scan's inputs: the same, with u the 1 or 2 copies of the (batch, d_inner, L) map that the 4
+    # directions share.
+    shared_u_sets = {
+        copies: [[s[0][:, : s[0].shape[1] // DIRECTIONS * copies].clone(), *s[1:]] for s in sets] for copies in (1, 2)
+    }
+
     def time_backend(fn: ScanFn, stage: int | None, backward: bool) -> float:
         picked = [i for i, s in enumerate(stage_of) if stage is None or s == stage]
+        inputs = shared_u_sets[fn.copies] if hasattr(fn, "copies") else sets
         return step_timer(
             fn,
-            [sets[i] for i in picked],
+            [inputs[i] for i in picked],
             [grads[i] if backward else None for i in picked],
             timer,
             args.steps,
@@ -168,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
     backends.append(("triton", triton_scan.triton_selective_scan))
+    backends += [("tri-pair", fused_cross_scan("pair")), ("tri-index", fused_cross_scan("index"))]
     header = f"{'backend':<10} {'scans':<12} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'f+b GB/s':>9} {'speedup f/fb':>13}"
     lines = [header, "-" * len(header)]
     baseline: dict[str, tuple[float, float]] = {}

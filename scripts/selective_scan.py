@@ -41,7 +41,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["selective_scan", "scan_backend_in_use", "mamba_ssm_available", "check_scan_inputs", "last_dim_contiguous"]
+__all__ = [
+    "selective_scan",
+    "scan_backend_in_use",
+    "resolve_scan_backend",
+    "mamba_ssm_available",
+    "check_scan_inputs",
+    "last_dim_contiguous",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +210,7 @@ def selective_scan(
         (batch, dim, L) in u's dtype; the scan itself runs in fp32 (fp64 for fp64 inputs on the torch backend).
     """
     check_scan_inputs(u, delta, A, B, C, D, delta_bias)
-    resolved = _resolve_backend(u, backend)
+    resolved = resolve_scan_backend(u, backend)
     if resolved == "cuda":
         return _mamba_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if resolved == "triton":
@@ -236,7 +243,8 @@ def selective_scan(
 _RESOLVED_BACKENDS: dict[tuple[str, str], str] = {}
 
 
-def _resolve_backend(u: torch.Tensor, requested: str) -> str:
+def resolve_scan_backend(u: torch.Tensor, requested: str) -> str:
+    """:func:`scan_backend_in_use`, safe inside torch.compile (reuses the eager-mode answer there)."""
     key = (requested, u.device.type)
     if torch.compiler.is_compiling() and key in _RESOLVED_BACKENDS:
         return _RESOLVED_BACKENDS[key]

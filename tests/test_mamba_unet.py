@@ -375,18 +375,64 @@ def test_loader_errors(tmp_path):
         load_vmamba_v0_weights(net, str(pickled))
 
 
+@pytest.mark.parametrize("mode", ["pair", "index"])
+def test_fused_triton_cross_scan_equals_gathered_scan(monkeypatch, mode):
+    """SS2D's fused paths (x_proj on a row- and a column-major copy, each walked both ways, or on the row-major map
+    with every direction walked by index) compute the gathered path's function: output and every gradient, on a 5x7
+    map (H != W, a partial tile), in Triton's CPU interpreter against the gathered path on the PyTorch scan."""
+    import os
+
+    from scripts import triton_scan
+
+    if not (triton_scan.triton_available() and os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+    monkeypatch.setattr(triton_scan, "BWD_BLOCK_D", 8)  # one program per direction: the interpreter is slow
+    torch.manual_seed(0)
+    block = SS2D(4, scan_backend="torch").double()
+    with torch.no_grad():  # away from the init's symmetric values: distinct per-direction parameters
+        for param in (block.A_logs, block.Ds, block.dt_projs_bias):
+            param.add_(0.1 * torch.randn_like(param))
+    x = torch.randn(1, block.d_inner, 5, 7, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(1, block.d_inner, 35, dtype=torch.float64)
+    results = []
+    for path in ("gathered", "fused"):
+        block.zero_grad()
+        x.grad = None
+        if path == "fused":  # the Triton kernel computes in fp32 (its inputs may be fp64)
+            y = block._fused_triton_scan(x, mode)
+        else:
+            y = block._gathered_scan(x, 5, 7)
+        (y * dy).sum().backward()
+        grads = {name: p.grad.clone() for name, p in block.named_parameters() if p.grad is not None}
+        results.append((y.detach(), x.grad.clone(), grads))
+    (ref_y, ref_dx, ref_grads), (y, dx, grads) = results
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    assert y.shape == (1, block.d_inner, 35) and y.dtype == torch.float64
+    assert rel(y, ref_y) < 1e-5 and rel(dx, ref_dx) < 1e-5
+    assert set(grads) == set(ref_grads) >= {"x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"}
+    for name, grad in grads.items():
+        assert rel(grad, ref_grads[name]) < 1e-5, name
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_gpu_scan_matches_torch_scan_inside_the_network(backend):
-    """mamba-ssm's kernel (and our Triton kernel) and our pure-PyTorch scan give the same network outputs and
-    gradients (rel. error < 1e-4)."""
+@pytest.mark.parametrize("backend", ["cuda", "triton", "triton_index", "triton_gather"])
+def test_gpu_scan_matches_torch_scan_inside_the_network(monkeypatch, backend):
+    """mamba-ssm's kernel (and our Triton kernel, with the cross-scan fused into it, "pair" or "index", or gathered
+    around it) and our pure-PyTorch scan give the same network outputs and gradients (rel. error < 1e-4)."""
+    from scripts.networks import mamba_unet
     from scripts.selective_scan import mamba_ssm_available
     from scripts.triton_scan import triton_available
 
     if backend == "cuda" and not mamba_ssm_available():
         pytest.skip("mamba-ssm is not installed")
-    if backend == "triton" and not triton_available():
+    if backend.startswith("triton") and not triton_available():
         pytest.skip("Triton is not installed")
+    if backend.startswith("triton_"):
+        monkeypatch.setattr(mamba_unet, "TRITON_CROSS_SCAN", backend.split("_")[1])
+        backend = "triton"
     torch.backends.cuda.matmul.allow_tf32 = False  # compare scans, not tf32 matmul rounding
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)

@@ -24,12 +24,20 @@ from monai.networks.layers import DropPath
 from monai.networks.nets.swin_unetr import PatchMergingV2
 
 from scripts.networks.pretrained import load_mirrored_encoder_weights
-from scripts.selective_scan import selective_scan
+from scripts.selective_scan import resolve_scan_backend, selective_scan
+from scripts.triton_scan import triton_selective_scan
 
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 4  # stem patch size of VMamba-T / Mamba-UNet
 NUM_DIRECTIONS = 4  # SS2D scans: row-major, column-major, and both reversed
+# How SS2D feeds the four directions to the Triton scan backend (the others always "gather"; scripts/benchmark.py
+# --triton_cross_scan compares them): "gather" copies the map into the 4 scan orders and back (SS2D._gathered_scan);
+# "pair" keeps a row-major and a column-major copy, each walked forwards and backwards by the kernel (coalesced);
+# "index" keeps only the row-major map and the kernel walks every direction's pixel order by index (no copy, strided
+# reads for the column-major directions). Both fused modes: SS2D._fused_triton_scan.
+TRITON_CROSS_SCAN = "pair"
+TRITON_CROSS_SCAN_MODES = ("gather", "pair", "index")
 
 
 def _direction_orders(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +59,25 @@ def _direction_orders(height: int, width: int, device: torch.device) -> tuple[to
 
 
 _ORDER_CACHE: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _kernel_orders(mode: str, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """The (4, L) int32 ``orders`` of the fused Triton scan for ``mode``: "index", the pixel orders of
+    :func:`_direction_orders` in the row-major map; "pair", forwards / forwards / backwards / backwards (directions
+    0 and 2 walk the row-major copy, 1 and 3 the column-major copy)."""
+    key = (mode, height, width, str(device))
+    cached = _KERNEL_ORDER_CACHE.get(key)
+    if cached is None:
+        if mode == "index":
+            cached = _direction_orders(height, width, device)[0].to(torch.int32)
+        else:
+            forward = torch.arange(height * width, device=device, dtype=torch.int32)
+            cached = torch.stack([forward, forward, forward.flip(0), forward.flip(0)])
+        _KERNEL_ORDER_CACHE[key] = cached
+    return cached
+
+
+_KERNEL_ORDER_CACHE: dict[tuple[str, int, int, str], torch.Tensor] = {}
 
 
 def _gather_directions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -189,10 +216,29 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
         batch, height, width, _ = x.shape
-        length = height * width
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
+        mode = TRITON_CROSS_SCAN if resolve_scan_backend(x, self.scan_backend) == "triton" else "gather"
+        if mode not in TRITON_CROSS_SCAN_MODES:
+            raise ValueError(f"mamba_unet.TRITON_CROSS_SCAN must be one of {TRITON_CROSS_SCAN_MODES}, got {mode!r}")
+        y = self._gathered_scan(x, height, width) if mode == "gather" else self._fused_triton_scan(x, mode)
+        y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
+        # Like the reference, normalise the float32 sum (under autocast the norm weights stay float32 too).
+        y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)
+        return self.out_proj(y * F.silu(z))
 
+    def _scan_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A (4 d_inner, N) in float32 or wider, D (4 d_inner,), delta_bias (4 d_inner,)."""
+        a_dtype = torch.promote_types(self.A_logs.dtype, torch.float32)
+        return -torch.exp(self.A_logs.to(a_dtype)), self.Ds, self.dt_projs_bias.reshape(-1)
+
+    def _gathered_scan(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """x: (B, d_inner, H, W) -> the four directions' scans summed in row-major order, (B, d_inner, L) float32.
+
+        The reference's dataflow: gather the four scan orders into (B, 4, d_inner, L), project and scan them as one
+        (B, 4 d_inner, L) sequence batch, gather back and sum."""
+        batch = x.shape[0]
+        length = height * width
         xs = cross_scan(x)  # (B, K, d_inner, L), contiguous
         # Broadcast batched matmuls read xs in place (einsum would permute-copy it): (1,K,c,d) @ (B,K,d,L) -> (B,K,c,L).
         x_dbl = torch.matmul(self.x_proj_weight.unsqueeze(0), xs)
@@ -201,23 +247,59 @@ class SS2D(nn.Module):
         u, delta = xs.view(batch, -1, length), dts.reshape(batch, -1, length)
         # B/C stay grouped per direction (B, K, N, L); on the CUDA kernel bf16 inputs (autocast) pass through as they
         # are, the torch scan computes in fp32 (fp64 for a float64 network). Both return u's dtype.
-        a_dtype = torch.promote_types(self.A_logs.dtype, torch.float32)
+        a_mat, d_skip, delta_bias = self._scan_parameters()
         y = selective_scan(
             u,
             delta,
-            -torch.exp(self.A_logs.to(a_dtype)),
+            a_mat,
             b_mats,
             c_mats,
-            D=self.Ds,
-            delta_bias=self.dt_projs_bias.reshape(-1),
+            D=d_skip,
+            delta_bias=delta_bias,
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        y = cross_merge(y.view(batch, NUM_DIRECTIONS, self.d_inner, length), height, width)  # (B, d_inner, L)
-        y = y.transpose(1, 2).reshape(batch, height, width, self.d_inner)
-        # Like the reference, normalise the float32 sum (under autocast the norm weights stay float32 too).
-        y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)
-        return self.out_proj(y * F.silu(z))
+        return cross_merge(y.view(batch, NUM_DIRECTIONS, self.d_inner, length), height, width)  # (B, d_inner, L)
+
+    def _fused_triton_scan(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """x: (B, d_inner, H, W) -> the same float32 sum as :meth:`_gathered_scan`, (B, d_inner, L) row-major, with
+        the cross-scan fused into the Triton kernel (``mode`` "pair" or "index", see TRITON_CROSS_SCAN).
+
+        x_proj and dt_proj act on each pixel alone, so they can run on the map in any memory order: on the row-major
+        map ("index") or on its row- and column-major copies ("pair"), instead of on 4 gathered copies. The kernel
+        then walks each direction's order through ``orders`` and writes y where it read, and its backward sums du
+        over the directions sharing a copy. The (B, 4, d_inner, L) gathered input is never built."""
+        batch, _, height, width = x.shape
+        length = height * width
+        copies = [x.reshape(batch, self.d_inner, length)]
+        if mode == "pair":  # + column-major: pixel (h, w) at w * H + h
+            copies.append(x.transpose(2, 3).reshape(batch, self.d_inner, length))
+        n_copies = len(copies)
+        u = torch.stack(copies, dim=1) if n_copies > 1 else copies[0].unsqueeze(1)  # (B, n, d_inner, L)
+        # Direction k = n i + j reads copy j: per copy, one (4 / n * c, d_inner) @ (B, d_inner, L) matmul.
+        weight = self.x_proj_weight.view(NUM_DIRECTIONS // n_copies, n_copies, -1, self.d_inner).transpose(0, 1)
+        x_dbl = torch.matmul(weight.reshape(n_copies, -1, self.d_inner), u)  # (B, n, 4 / n * c, L): [j, (i, c)]
+        x_dbl = x_dbl.view(batch, n_copies, NUM_DIRECTIONS // n_copies, -1, length).transpose(1, 2)
+        x_dbl = x_dbl.reshape(batch, NUM_DIRECTIONS, -1, length)  # (B, K, c, L), k = n i + j
+        dts, b_mats, c_mats = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.matmul(self.dt_projs_weight.unsqueeze(0), dts)  # (B, K, d_inner, L)
+        a_mat, d_skip, delta_bias = self._scan_parameters()
+        y = triton_selective_scan(
+            u.view(batch, n_copies * self.d_inner, length),
+            dts.reshape(batch, -1, length),
+            a_mat,
+            b_mats,
+            c_mats,
+            D=d_skip,
+            delta_bias=delta_bias,
+            orders=_kernel_orders(mode, height, width, x.device),
+        )
+        y = y.view(batch, NUM_DIRECTIONS // n_copies, n_copies, self.d_inner, length)
+        y = y.sum(dim=1, dtype=torch.promote_types(y.dtype, torch.float32))  # (B, n, d_inner, L), per copy's order
+        if mode == "index":
+            return y[:, 0]
+        column_major = y[:, 1].view(batch, self.d_inner, width, height).transpose(2, 3).reshape(batch, -1, length)
+        return y[:, 0] + column_major
 
 
 class VSSBlock(nn.Module):

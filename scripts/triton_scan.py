@@ -98,7 +98,7 @@ if triton is not None:
     @triton.jit
     def _memory_position(order_ptr, group, t, length, REORDER: tl.constexpr):
         """Where scan step t of this group reads and writes along L: ``order[group, t]`` with REORDER (SS2D's fused
-        cross-scan: every direction reads the row-major feature map in its own order), else t itself. t: a scalar
+        cross-scan: every direction walks its copy of the feature map in its own order), else t itself. t: a scalar
         or a vector of steps; steps past the end map to 0 (their loads and stores are masked anyway)."""
         if REORDER:
             return tl.load(order_ptr + group * length + t, mask=t < length, other=0)
@@ -865,7 +865,7 @@ def _check_orders(u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor, orders:
         )
     per_group = dim // n_groups
     u_channels = u.shape[1] if u.dim() == 3 else 0
-    shape_ok = u.dim() == 3 and (u.shape[0], u.shape[2]) == (batch, length)
+    shape_ok = u.dim() == 3 and (u.shape[0], u.shape[2]) == (batch, length) and u_channels > 0
     if not (shape_ok and u_channels % per_group == 0 and dim % u_channels == 0) or u.device != delta.device:
         raise ValueError(
             f"triton_selective_scan: with orders, u must be (batch={batch}, k * {per_group}, L={length}) with k "

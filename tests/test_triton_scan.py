@@ -218,6 +218,7 @@ def test_interpreter_orders_match_gathered_torch_scan(monkeypatch, forward_kind,
         (torch.zeros(4, 8, dtype=torch.int64), 4, "orders must be int32"),
         (torch.zeros(2, 8, dtype=torch.int32), 4, "orders must be int32 \\(groups=4"),
         (torch.zeros(4, 8, dtype=torch.int32), 3, "u must be"),
+        (torch.zeros(4, 8, dtype=torch.int32), 0, "u must be"),  # no channels: an error, not a division by zero
     ],
 )
 def test_bad_orders_raise_before_any_kernel_runs(orders, u_channels, message):

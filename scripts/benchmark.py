@@ -36,6 +36,10 @@ from pathlib import Path
 
 import torch
 
+from scripts.networks import mamba_unet
+from scripts.networks.mamba_unet import TRITON_CROSS_SCAN_MODES
+from scripts.selective_scan import SCAN_ENV_VAR
+
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 4
 
@@ -109,7 +113,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
         "--triton_cross_scan",
-        choices=("pair", "index", "gather"),
+        choices=TRITON_CROSS_SCAN_MODES,
         default=None,
         help="on the Triton scan (MAMBA_UNET_SCAN=triton): SS2D's cross-scan mode; default mamba_unet.TRITON_CROSS_SCAN",
     )
@@ -190,7 +194,6 @@ def make_loss() -> torch.nn.Module:
 @contextlib.contextmanager
 def recording_scans(calls: list[tuple[Callable, tuple, dict]]) -> Iterator[None]:
     """Record every selective-scan call of Mamba-UNet's SS2D (function, detached inputs) while inside."""
-    from scripts.networks import mamba_unet
 
     def wrap(original: Callable) -> Callable:
         def recorder(*args, **kwargs):
@@ -363,15 +366,13 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         torch.backends.cudnn.allow_tf32 = True
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    from scripts.networks import mamba_unet
-
     if args.triton_cross_scan is not None:
         mamba_unet.TRITON_CROSS_SCAN = args.triton_cross_scan
     describe = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device {describe}, torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}, amp {args.amp}, "
         f"compile {args.compile}, tf32 {args.tf32}, {args.steps} timed steps after {args.warmup}, scan "
-        f"{os.environ.get('MAMBA_UNET_SCAN', 'auto')} (cross-scan on Triton: {mamba_unet.TRITON_CROSS_SCAN})",
+        f"{os.environ.get(SCAN_ENV_VAR, 'auto')} (cross-scan on Triton: {mamba_unet.TRITON_CROSS_SCAN})",
         flush=True,
     )
     results = []

@@ -19,7 +19,7 @@ avoids both the shift and a division. dB and dC (sums over a group's channels) a
 batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
 backward the gradients are not bitwise deterministic.
 
-Version 4 backward, ``BWD_KIND = "seq"`` (not the default until timed on a GPU): no associative scan. One program owns
+Version 4 backward, ``BWD_KIND = "seq"`` (the default since timed on an H100): no associative scan. One program owns
 BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
 dt and dt u of the chunk are computed as [BLOCK_D, SUB_L] tiles into a per-program scratch buffer, h is recomputed
 one position per step from the saved chunk start (h_{t-1} of each position into scratch), then the chunk is walked
@@ -28,9 +28,10 @@ step), dB_t / dC_t added per position with atomics into position-major (batch, G
 dD, d(delta_bias) finished per chunk as tiles. ddelta_t = sigmoid(x_t) sum_n g_t[n] (A[n] a_t[n] h_{t-1}[n] + B_t[n]
 u_t) with x = delta + delta_bias, a_t = exp(dt_t A) (the derivative of h_t = a_t h_{t-1} + dt_t B_t u_t in dt_t).
 
-Measured on an H200 (docs/performance.md): 14.0 ms forward and 92.3 ms forward+backward for the 16 scans of a
-batch-24 training step, against mamba-ssm's 17.1 and 66.7 (1.22x forward, 0.72x forward+backward), so mamba-ssm stays
-the default. The forward came down from 21.8 ms with B/C read position-major and smaller programs
+Measured on one H100 (docs/performance.md, version 4): 15.0 ms forward and 58.0 ms forward+backward for the 16 scans
+of a batch-24 training step with the seq backward, against mamba-ssm's 17.2 and 68.2 in the same run (1.15x forward,
+1.18x forward+backward; version 3's tile backward had been 0.72x on an H200). Still short of the 3x target, so
+mamba-ssm stays the default backend. The forward came down from 21.8 ms with B/C read position-major and smaller programs
 (scripts/benchmark_scan_parts.py located the time). Two later designs were
 measured slower still and removed (their code is commit 0eff9e2): chunk-parallel (version 2: 27.6 / 123.5 ms at its
 best settings) and one thread per channel with the states in registers (version 3: 28.5 / 183 ms).
@@ -67,10 +68,11 @@ FWD_KIND, FWD_SEQ_BLOCK_D, FWD_SEQ_WARPS, FWD_UNROLL = "seq", 8, 1, 8
 # ~0.04 ms per stage-0 scan.
 FWD_BC_POSITION_MAJOR = True
 BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
-# Backward kernel: "tile" (associative scans over BWD_BLOCK_L positions, the default) or "seq" (version 4: one position
-# per loop step, BWD_SEQ_BLOCK_D channels per program, the states recomputed per chunk of BWD_SEQ_CHUNK positions into
-# a scratch buffer; not yet timed on a GPU). The kind is read when the forward runs (it sets the checkpoint spacing).
-BWD_KIND = "tile"
+# Backward kernel: "seq" (version 4, the default: one position per loop step, BWD_SEQ_BLOCK_D channels per program, the
+# states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch buffer; 1.18x mamba-ssm's forward+backward on
+# an H100) or "tile" (associative scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the
+# forward runs (it sets the checkpoint spacing).
+BWD_KIND = "seq"
 BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
 BWD_REDUCE_BC = True

@@ -30,8 +30,8 @@ u_t) with x = delta + delta_bias, a_t = exp(dt_t A) (the derivative of h_t = a_t
 
 Measured on one H100 (docs/performance.md, version 4): 15.0 ms forward and 58.0 ms forward+backward for the 16 scans
 of a batch-24 training step with the seq backward, against mamba-ssm's 17.2 and 68.2 in the same run (1.15x forward,
-1.18x forward+backward; version 3's tile backward had been 0.72x on an H200). Still short of the 3x target, so
-mamba-ssm stays the default backend. The forward came down from 21.8 ms with B/C read position-major and smaller programs
+1.18x forward+backward; the tile backward had been 0.72x on an H200). Still short of the 3x target, so mamba-ssm
+stays the default backend. The forward came down from 21.8 ms with B/C read position-major and smaller programs
 (scripts/benchmark_scan_parts.py located the time). Two later designs were
 measured slower still and removed (their code is commit 0eff9e2): chunk-parallel (version 2: 27.6 / 123.5 ms at its
 best settings) and one thread per channel with the states in registers (version 3: 28.5 / 183 ms).

@@ -418,10 +418,11 @@ def test_fused_triton_cross_scan_equals_gathered_scan(monkeypatch, mode):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", ["cuda", "triton", "triton_pair", "triton_index"])
+@pytest.mark.parametrize("backend", ["cuda", "triton_gather", "triton_pair", "triton_index"])
 def test_gpu_scan_matches_torch_scan_inside_the_network(monkeypatch, backend):
-    """mamba-ssm's kernel (and our Triton kernel, gathered around it as by default, or with the cross-scan fused into
-    it, "pair" or "index") and our pure-PyTorch scan give the same network outputs and gradients (rel. error < 1e-4)."""
+    """mamba-ssm's kernel (and our Triton kernel, gathered around it or with the cross-scan fused into it, "pair" or
+    "index": each mode named, whatever the default) and our pure-PyTorch scan give the same network outputs and
+    gradients (rel. error < 1e-4)."""
     from scripts.networks import mamba_unet
     from scripts.selective_scan import mamba_ssm_available
     from scripts.triton_scan import triton_available

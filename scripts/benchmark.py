@@ -1,7 +1,8 @@
 """Training and inference speed of the bundle's networks on the current device.
 
 ``python -m scripts.benchmark [--networks mamba_unet,unet,swin_unet] [--batch 24] [--size 224] [--steps N]
-[--amp bf16|none] [--compile] [--pipeline_iters N] [--dataset_dir DIR] [--triton_cross_scan pair|index|gather]``
+[--amp bf16|none] [--compile] [--pipeline_iters N] [--dataset_dir DIR] [--triton_cross_scan pair|index|gather]
+[--profile N]``
 prints, per network (the scan backend follows ``MAMBA_UNET_SCAN``; on ``triton``, ``--triton_cross_scan`` sets how
 SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN):
 
@@ -13,7 +14,12 @@ SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN):
   (their real inputs), then replayed forward only and forward + backward;
 - full-pipeline training img/s: configs/train.json's CacheDataset / DataLoader / augmentation / SupervisedTrainer on the
   phantom (or ``--dataset_dir``, SSL4MIS layout) for ``--pipeline_iters`` iterations, timed after the first 10%;
-  then one validation pass gives the validation Dice of that short run (a check that bf16/compile train the same).
+  then one validation pass gives the validation Dice of that short run (a check that bf16/compile train the same);
+- with ``--profile N``: where the time of a training step and of an inference batch goes, from ``torch.profiler``
+  over N more of each: the device's busy time per step (the union of its kernels' intervals) against the timed step,
+  kernels per step, the time per kind of kernel (KERNEL_CATEGORIES: scan, matmul, conv, norm, ...) and the longest
+  kernels. Busy well below the step means launch or host gaps (CUDA graphs, fewer kernels); busy near it means the
+  kernels themselves. On CPU the operators' self times stand in for kernels.
 
 A table of all of it comes last. UNet and Swin-UNet are imported lazily and skipped with a note when absent.
 """
@@ -35,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 
 from scripts.networks import mamba_unet
 from scripts.networks.mamba_unet import TRITON_CROSS_SCAN_MODES
@@ -51,6 +58,18 @@ NETWORKS = {
     "umamba_bot": ("scripts.networks.umamba", "UMambaBot"),
     "umamba_enc": ("scripts.networks.umamba", "UMambaEnc"),
 }
+# Kernel (CPU: operator) name fragments -> kind, first match wins: "scan" first, since our Triton scan kernels would
+# otherwise count as elementwise; everything unmatched (fused elementwise, reductions, copies) is "other".
+KERNEL_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("scan", ("selective_scan", "selectivescan", "_scan_fwd", "_scan_bwd")),
+    ("memcpy/memset", ("memcpy", "memset")),
+    ("matmul", ("gemm", "cutlass", "xmma", "cublas", "matmul", "aten::mm", "aten::bmm", "aten::addmm")),
+    ("conv", ("conv", "cudnn", "dgrad", "wgrad")),
+    ("norm", ("layer_norm", "layernorm", "batch_norm", "batchnorm", "group_norm", "instance_norm")),
+    ("gather/scatter", ("gather", "scatter", "index")),
+    ("softmax/attention", ("softmax", "attention", "fmha", "flash")),
+)
+OTHER_KERNELS = "other"
 COLUMNS = [
     "network",
     "train img/s",
@@ -65,6 +84,17 @@ COLUMNS = [
 
 
 @dataclass
+class KernelProfile:
+    """The device work of ``steps`` profiled steps, per step: kernels on a GPU, operators' self times on CPU."""
+
+    steps: int
+    busy_ms: float  # union of the kernels' intervals (on CPU: sum of self times), per step
+    count: float  # kernels (operators) per step
+    categories: dict[str, tuple[float, float]]  # kind -> (ms per step, count per step), longest first
+    top: list[tuple[str, float, float]]  # (name, ms per step, count per step), longest first
+
+
+@dataclass
 class Result:
     """One network's measurements; None = not measured, ``note`` says why."""
 
@@ -76,6 +106,7 @@ class Result:
     scan_fwd_bwd_ms: float | None = None
     pipeline_img_s: float | None = None
     val_dice: float | None = None
+    profiles: dict[str, KernelProfile] = field(default_factory=dict)  # "train" / "infer", with --profile
     notes: list[str] = field(default_factory=list)
 
     def row(self, batch: int) -> list[str]:
@@ -112,6 +143,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_workers", type=int, default=4, help="pipeline DataLoader/CacheDataset workers")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
+        "--profile", type=int, default=0, help="torch.profiler over N more training and inference steps; 0: none"
+    )
+    parser.add_argument(
         "--triton_cross_scan",
         choices=TRITON_CROSS_SCAN_MODES,
         default=None,
@@ -122,8 +156,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in args.networks if name not in NETWORKS]
     if unknown:
         parser.error(f"unknown network(s) {unknown}; choose from {list(NETWORKS)}")
-    if min(args.batch, args.size, args.steps) < 1 or args.warmup < 0 or args.pipeline_iters < 0:
-        parser.error("--batch, --size and --steps must be >= 1; --warmup and --pipeline_iters >= 0")
+    if min(args.batch, args.size, args.steps) < 1 or min(args.warmup, args.pipeline_iters, args.profile) < 0:
+        parser.error("--batch, --size and --steps must be >= 1; --warmup, --pipeline_iters and --profile >= 0")
     return args
 
 
@@ -244,6 +278,97 @@ def time_scans(calls: list[tuple[Callable, tuple, dict]], timer: Timer, steps: i
     return median_ms(forward, timer, steps, warmup), median_ms(forward_backward, timer, steps, warmup)
 
 
+def kernel_category(name: str) -> str:
+    """The KERNEL_CATEGORIES kind of a kernel or operator name (case-insensitive), else OTHER_KERNELS."""
+    lowered = name.lower()
+    for category, fragments in KERNEL_CATEGORIES:
+        if any(fragment in lowered for fragment in fragments):
+            return category
+    return OTHER_KERNELS
+
+
+def summarise_kernels(activities: Sequence[tuple[str, float, float]], steps: int, top_k: int = 12) -> KernelProfile:
+    """Per-step totals of (name, start us, end us) device activities recorded over ``steps`` steps.
+
+    Busy time is the union of the intervals (kernels of several streams may overlap), the per-kind and per-kernel
+    times are plain sums (so they can add up to more than busy when kernels overlap)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    busy_us, covered_until = 0.0, float("-inf")
+    for _, start, end in sorted(activities, key=lambda activity: activity[1]):
+        if end > covered_until:
+            busy_us += end - max(start, covered_until)
+            covered_until = end
+    by_name: dict[str, list[float]] = {}
+    for name, start, end in activities:
+        entry = by_name.setdefault(name, [0.0, 0])
+        entry[0] += end - start
+        entry[1] += 1
+    by_category: dict[str, list[float]] = {}
+    for name, (total_us, calls) in by_name.items():
+        entry = by_category.setdefault(kernel_category(name), [0.0, 0])
+        entry[0] += total_us
+        entry[1] += calls
+    per_step = 1000.0 * steps  # us over all steps -> ms per step
+
+    def ranked(table: dict[str, list[float]]) -> list[tuple[str, float, float]]:
+        rows = [(key, total_us / per_step, calls / steps) for key, (total_us, calls) in table.items()]
+        return sorted(rows, key=lambda row: row[1], reverse=True)
+
+    return KernelProfile(
+        steps=steps,
+        busy_ms=busy_us / per_step,
+        count=len(activities) / steps,
+        categories={key: (ms, calls) for key, ms, calls in ranked(by_category)},
+        top=ranked(by_name)[:top_k],
+    )
+
+
+def profile_kernels(run: Callable[[], None], device: torch.device, steps: int) -> KernelProfile:
+    """``run`` ``steps`` times (already warmed up) under torch.profiler; its device kernels (CPU: operators)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        torch.cuda.synchronize(device)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        recorded = [
+            (event.name, event.time_range.start, event.time_range.end)
+            for event in profiler.events()
+            if event.device_type == DeviceType.CUDA
+        ]
+    else:  # operators' self times laid end to end (they have no device interval of their own)
+        recorded, clock = [], 0.0
+        for average in profiler.key_averages():
+            per_call = average.self_cpu_time_total / max(average.count, 1)
+            for _ in range(average.count):
+                recorded.append((average.key, clock, clock + per_call))
+                clock += per_call
+    return summarise_kernels(recorded, steps)
+
+
+def format_profile(name: str, what: str, profile: KernelProfile, step_ms: float | None, device: torch.device) -> str:
+    """A profile as a headline (busy against the timed step) and two Markdown tables: per kind, longest kernels."""
+    unit = "kernels" if device.type == "cuda" else "operators (self CPU time)"
+    headline = f"{name} {what} profile over {profile.steps} steps, {unit}: {profile.busy_ms:,.2f} ms busy per step"
+    if step_ms:
+        headline += f" of the {step_ms:,.2f} ms timed step ({100.0 * profile.busy_ms / step_ms:.0f}% busy)"
+    lines = [headline + f", {profile.count:,.0f} {unit.split(' ')[0]} per step", ""]
+    lines += ["| kind | ms/step | % of busy | calls/step |", "|---|---|---|---|"]
+    for category, (ms, calls) in profile.categories.items():
+        share = 100.0 * ms / profile.busy_ms if profile.busy_ms else 0.0
+        lines.append(f"| {category} | {ms:,.2f} | {share:.1f} | {calls:,.1f} |")
+    lines += ["", "| longest | ms/step | calls/step |", "|---|---|---|"]
+    for kernel, ms, calls in profile.top:
+        shown = kernel if len(kernel) <= 90 else kernel[:87] + "..."
+        lines.append(f"| `{shown.replace('|', '/')}` | {ms:,.2f} | {calls:,.1f} |")
+    return "\n".join(lines)
+
+
 def benchmark_steps(name: str, args: argparse.Namespace, device: torch.device, result: Result) -> None:
     """Training step, inference and scan timings on synthetic data already on the device."""
     torch.manual_seed(0)
@@ -270,6 +395,8 @@ def benchmark_steps(name: str, args: argparse.Namespace, device: torch.device, r
     result.train_ms = median_ms(train_step, timer, args.steps, args.warmup)
     if device.type == "cuda":
         result.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    if args.profile:
+        result.profiles["train"] = profile_kernels(train_step, device, args.profile)
 
     if name == "mamba_unet":
         calls: list[tuple[Callable, tuple, dict]] = []
@@ -290,6 +417,8 @@ def benchmark_steps(name: str, args: argparse.Namespace, device: torch.device, r
             model(images)
 
     result.infer_ms = median_ms(infer, timer, args.steps, args.warmup)
+    if args.profile:
+        result.profiles["infer"] = profile_kernels(infer, device, args.profile)
 
 
 def benchmark_pipeline(name: str, args: argparse.Namespace, device: torch.device, result: Result, work: Path) -> None:
@@ -402,6 +531,11 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     for result in results:
         if result.notes:
             print(f"{result.network}: {'; '.join(result.notes)}")
+    for result in results:
+        for what, profile in result.profiles.items():
+            step_ms = result.train_ms if what == "train" else result.infer_ms
+            print()
+            print(format_profile(result.network, f"{what} step", profile, step_ms, device))
     return results
 
 

@@ -1,8 +1,8 @@
 """Training and inference speed of the bundle's networks on the current device.
 
 ``python -m scripts.benchmark [--networks mamba_unet,unet,swin_unet] [--batch 24] [--size 224] [--steps N]
-[--amp bf16|none] [--compile] [--pipeline_iters N] [--dataset_dir DIR] [--triton_cross_scan pair|index|gather]
-[--profile N]``
+[--amp bf16|none] [--compile [--compile_mode MODE]] [--pipeline_iters N] [--dataset_dir DIR]
+[--triton_cross_scan pair|index|gather] [--profile N]``
 prints, per network (the scan backend follows ``MAMBA_UNET_SCAN``; on ``triton``, ``--triton_cross_scan`` sets how
 SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN):
 
@@ -70,6 +70,7 @@ KERNEL_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("softmax/attention", ("softmax", "attention", "fmha", "flash")),
 )
 OTHER_KERNELS = "other"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 COLUMNS = [
     "network",
     "train img/s",
@@ -137,6 +138,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--amp", choices=("bf16", "none"), default="none", help="bf16 autocast around the step")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument(
+        "--compile_mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="torch.compile's mode with --compile (train.json's compile_mode); reduce-overhead adds CUDA graphs",
+    )
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
     parser.add_argument("--pipeline_iters", type=int, default=300, help="full-pipeline iterations; 0 skips it")
     parser.add_argument("--dataset_dir", default=None, help="SSL4MIS ACDC folder; default: the synthetic phantom")
@@ -373,7 +380,7 @@ def benchmark_steps(name: str, args: argparse.Namespace, device: torch.device, r
     """Training step, inference and scan timings on synthetic data already on the device."""
     torch.manual_seed(0)
     network = build_network(name, args.size).to(device)
-    model = torch.compile(network) if args.compile else network
+    model = torch.compile(network, mode=args.compile_mode) if args.compile else network
     loss_function = make_loss()
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images = torch.rand(args.batch, 1, args.size, args.size, device=device)
@@ -444,6 +451,7 @@ def benchmark_pipeline(name: str, args: argparse.Namespace, device: torch.device
         "device": f"$torch.device('{device}')",
         "network_def": {"_target_": f"{module_name}.{class_name}", "in_channels": 1, "out_channels": "@num_classes"},
         "train#trainer#compile": args.compile,
+        "compile_mode": args.compile_mode,
     }
     for key, value in overrides.items():
         parser[key] = value
@@ -500,8 +508,9 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     describe = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device {describe}, torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}, amp {args.amp}, "
-        f"compile {args.compile}, tf32 {args.tf32}, {args.steps} timed steps after {args.warmup}, scan "
-        f"{os.environ.get(SCAN_ENV_VAR, 'auto')} (cross-scan on Triton: {mamba_unet.TRITON_CROSS_SCAN})",
+        f"compile {args.compile} ({args.compile_mode}), tf32 {args.tf32}, {args.steps} timed steps after "
+        f"{args.warmup}, scan {os.environ.get(SCAN_ENV_VAR, 'auto')} (cross-scan on Triton: "
+        f"{mamba_unet.TRITON_CROSS_SCAN})",
         flush=True,
     )
     results = []

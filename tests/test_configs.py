@@ -62,6 +62,23 @@ def test_train_config_instantiates_trainer_and_evaluator(tmp_path):
     assert batch["image"].dtype == torch.float32 and set(batch["label"].unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
 
 
+def test_compile_override_passes_its_mode_to_torch_compile(tmp_path, monkeypatch):
+    """`--compile true --compile_mode reduce-overhead`: the trainer compiles its network once, with that mode (the
+    recorder stands in for torch.compile, which on CPU would take minutes at the first step)."""
+    calls = []
+
+    def recording_compile(model, **kwargs):
+        calls.append((model, kwargs))
+        return model
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    overrides = {**small_phantom_overrides(tmp_path), "compile": True, "compile_mode": "reduce-overhead"}
+    trainer = parser_for("train.json", "demo.json", **overrides).get_parsed_content("train#trainer")
+    assert calls == [(trainer.network, {"mode": "reduce-overhead"})]
+    default = parser_for("train.json")
+    assert default["compile"] is False and default["compile_mode"] == "default"
+
+
 def test_paper_recipe_is_the_default():
     parser = parser_for("train.json")
     assert parser["batch_size"] == 24 and parser["max_iterations"] == 10000 and parser["val_interval"] == 200

@@ -16,7 +16,9 @@ sequence of calls, warm-up first, median of --steps.
 --bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans) or "seq" (version 4,
 one position per step).
 
-"tri-pair" and "tri-index" rows run the Triton kernel as SS2D's fused cross-scan modes call it (``orders``, u holding
+"tri-vec" rows run the Triton scan with the 8-position-tile forward (``FWD_KIND = "vec"``, version 6 in
+docs/performance.md), the backward unchanged, beside the default's "triton" rows. "tri-pair" and "tri-index" rows
+run the Triton kernel as SS2D's fused cross-scan modes call it (``orders``, u holding
 2 or 1 copies of the map shared by the 4 directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the
 sum of du over the directions sharing a copy and, for "index", the strided reads of the column-major directions; their
 GB/s use the same byte counts as the other rows.
@@ -94,18 +96,31 @@ def fused_cross_scan(mode: str) -> ScanFn:
     return scan
 
 
+def forward_kind_scan(kind: str) -> ScanFn:
+    """The Triton scan with triton_scan.FWD_KIND = kind during each call (the module's value restored after)."""
+
+    def scan(u, delta, A, B, C, D, delta_bias) -> torch.Tensor:
+        saved, triton_scan.FWD_KIND = triton_scan.FWD_KIND, kind
+        try:
+            return triton_scan.triton_selective_scan(u, delta, A, B, C, D, delta_bias)
+        finally:
+            triton_scan.FWD_KIND = saved
+
+    return scan
+
+
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
-def check(batch: int, dtype: torch.dtype) -> list[str]:
-    """Relative errors of Triton vs mamba-ssm, output and all gradients, one row per stage."""
+def check(batch: int, dtype: torch.dtype, scan: ScanFn = triton_scan.triton_selective_scan) -> list[str]:
+    """Relative errors of ``scan`` (the Triton scan) vs mamba-ssm, output and all gradients, one row per stage."""
     rows = []
     for stage, (d_inner, side) in enumerate(STAGES):
         inputs = make_inputs(batch, d_inner, side, dtype, seed=100 + stage)
         dy = torch.randn(batch, DIRECTIONS * d_inner, side * side, device="cuda").to(dtype)
         results = []
-        for fn in (mamba_scan, triton_scan.triton_selective_scan):
+        for fn in (mamba_scan, scan):
             leaves = [t.detach().clone().requires_grad_() for t in inputs]
             y = fn(*leaves)
             results.append([y.detach(), *torch.autograd.grad(y, leaves, dy)])
@@ -162,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.check:
         for row in check(4, torch.float32):
             print("check fp32 batch 4:", row, flush=True)
+        for row in check(4, torch.float32, forward_kind_scan("vec")):
+            print("check fp32 batch 4, vec forward:", row, flush=True)
 
     # One input set (and output gradient) per scan call of the 16-scan step.
     sets, grads, stage_of = [], [], []
@@ -195,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
     backends.append(("triton", triton_scan.triton_selective_scan))
+    backends.append(("tri-vec", forward_kind_scan("vec")))
     backends += [("tri-pair", fused_cross_scan("pair")), ("tri-index", fused_cross_scan("index"))]
     header = f"{'backend':<10} {'scans':<12} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'f+b GB/s':>9} {'speedup f/fb':>13}"
     lines = [header, "-" * len(header)]
@@ -241,11 +259,13 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
     BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward kernels ("tile": BLOCK_D, BLOCK_L,
     num_warps; "seq": BLOCK_D, chunk, num_warps, unroll)."""
     names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
-    names += ("BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
+    names += ("FWD_VEC_BLOCK_D", "FWD_VEC_WARPS", "BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
     names += ("BWD_KIND", "BWD_SEQ_BLOCK_D", "BWD_SEQ_CHUNK", "BWD_SEQ_WARPS", "BWD_SEQ_UNROLL")
     saved = {name: getattr(triton_scan, name) for name in names}
     fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
     fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
+    # ("vec", BLOCK_D, -, num_warps): the 8-position-tile forward; the first is triton_scan's FWD_VEC default
+    fwd_configs += [("vec", 8, 0, 1), ("vec", 4, 0, 1), ("vec", 16, 0, 1), ("vec", 16, 0, 2), ("vec", 32, 0, 4)]
     bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
     # (BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL); the first is triton_scan's default
     bwd_seq_configs = [(8, 32, 1, 4), (8, 16, 1, 4), (8, 64, 1, 4), (8, 32, 1, 1), (8, 32, 1, 8)]
@@ -262,14 +282,20 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         triton_scan.FWD_KIND = kind
         if kind == "tile":
             triton_scan.FWD_BLOCK_D, triton_scan.FWD_BLOCK_L, triton_scan.FWD_WARPS = block_d, block_l_or_unroll, warps
+        elif kind == "vec":
+            triton_scan.FWD_VEC_BLOCK_D, triton_scan.FWD_VEC_WARPS = block_d, warps
         else:
             triton_scan.FWD_SEQ_BLOCK_D, triton_scan.FWD_UNROLL, triton_scan.FWD_SEQ_WARPS = (
                 block_d,
                 block_l_or_unroll,
                 warps,
             )
-        timed(f"fwd {kind} {(block_d, block_l_or_unroll, warps)}", False)
-    triton_scan.FWD_KIND = saved["FWD_KIND"]
+        timed(f"fwd {kind} {(block_d, warps) if kind == 'vec' else (block_d, block_l_or_unroll, warps)}", False)
+    # the backward rows below run after the default forward configuration, not after the last one swept
+    for name in ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL"):
+        setattr(triton_scan, name, saved[name])
+    for name in ("FWD_SEQ_WARPS", "FWD_VEC_BLOCK_D", "FWD_VEC_WARPS"):
+        setattr(triton_scan, name, saved[name])
     triton_scan.BWD_KIND = "tile"
     for seq_fwd in (False, True):  # the training forward with the tile kernel or the seq kernel
         triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"

@@ -36,6 +36,11 @@ stays the default backend. The forward came down from 21.8 ms with B/C read posi
 measured slower still and removed (their code is commit 0eff9e2): chunk-parallel (version 2: 27.6 / 123.5 ms at its
 best settings) and one thread per channel with the states in registers (version 3: 28.5 / 183 ms).
 
+Version 6 forward, ``FWD_KIND = "vec"`` (written 2026-12-07, not yet timed; the default stays "seq"): the seq
+recurrence fed by 8-position tiles of u, delta, B and C, all loaded before any of their arithmetic, with softplus on
+the whole tile and one tile store of y; the seq kernel's sm_90 code loads each position right before its own
+arithmetic and so waits for one load latency per position (docs/performance.md, version 6).
+
 Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
 """
 
@@ -63,6 +68,11 @@ FWD_BLOCK_D, FWD_BLOCK_L, FWD_WARPS = 8, 64, 4
 # seq defaults from one stage-0 scan on the H200 (docs/performance.md, "where the forward's time goes"): 8 channels
 # in one warp, 8-fold unrolled, with B and C read position-major: 1.71 ms instead of 3.29 ms at 16 / 4 warps / 4.
 FWD_KIND, FWD_SEQ_BLOCK_D, FWD_SEQ_WARPS, FWD_UNROLL = "seq", 8, 1, 8
+# FWD_KIND "vec" (version 6, not yet timed on a GPU): the seq recurrence fed by 8-position tiles, FWD_VEC_BLOCK_D
+# channels per program in FWD_VEC_WARPS warps (docs/performance.md, version 6: 5.6 instead of 9.9 warp instructions
+# per channel-position in the offline sm_90 code, the 8 positions' loads issued together).
+FWD_VEC_BLOCK_D, FWD_VEC_WARPS = 8, 1
+FWD_KINDS = ("tile", "seq", "vec")
 # True: the forward reads B and C from a position-major copy, (batch, G, L, N) in memory, so one position's N values
 # are one contiguous 64-byte load instead of N loads L elements apart (half of the seq forward's time); the copy costs
 # ~0.04 ms per stage-0 scan.
@@ -272,6 +282,134 @@ if triton is not None:
             if HAS_D:
                 y += d_skip * u
             tl.store(y_rows + mem, y.to(y_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _eight_columns(tile):
+        """[R, 8] -> its 8 columns, each [R] (register moves when a thread holds the row's 8 values)."""
+        x0, x1 = tl.split(tl.reshape(tile, [tile.shape[0], 4, 2]))  # x_j[r, i] = tile[r, 2 i + j]
+        y00, y01 = tl.split(tl.reshape(x0, [tile.shape[0], 2, 2]))  # y_jl[r, k] = tile[r, 4 k + 2 l + j]
+        y10, y11 = tl.split(tl.reshape(x1, [tile.shape[0], 2, 2]))
+        c0, c4 = tl.split(y00)
+        c2, c6 = tl.split(y01)
+        c1, c5 = tl.split(y10)
+        c3, c7 = tl.split(y11)
+        return c0, c1, c2, c3, c4, c5, c6, c7
+
+    @triton.jit
+    def _join_eight_columns(c0, c1, c2, c3, c4, c5, c6, c7):
+        """The inverse of _eight_columns: 8 [R] columns -> [R, 8]."""
+        y00 = tl.join(c0, c4)
+        y01 = tl.join(c2, c6)
+        y10 = tl.join(c1, c5)
+        y11 = tl.join(c3, c7)
+        x0 = tl.reshape(tl.join(y00, y01), [c0.shape[0], 4])
+        x1 = tl.reshape(tl.join(y10, y11), [c0.shape[0], 4])
+        return tl.reshape(tl.join(x0, x1), [c0.shape[0], 8])
+
+    @triton.jit
+    def _seq_step(h, a_log2, dt, dtu, b_col, c_col):
+        """One position of the seq recurrence: h [BLOCK_D, N] <- exp(dt A) h + dt u B; returns (h, y [BLOCK_D])."""
+        h = tl.exp2(dt[:, None] * a_log2) * h + dtu[:, None] * b_col[None, :]
+        return h, tl.sum(h * c_col[None, :], axis=1)
+
+    @triton.jit
+    def _scan_fwd_vec_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        y_ptr,
+        state_ptr,
+        order_ptr,
+        dim,
+        u_channels,
+        length,
+        n_state,
+        channels_per_group,
+        n_tiles,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        stride_b_pos,
+        stride_c_pos,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SAVE_STATE: tl.constexpr,
+        REORDER: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+    ):
+        """Forward, 8 positions per loop step ("vec"): u, delta as [BLOCK_D, 8] and B, C as [N, 8] tiles loaded
+        before any of their compute, softplus on the whole [BLOCK_D, 8] tile, then the 8 positions one after the
+        other as in the seq kernel (columns split out of the tiles), and y stored once as a [BLOCK_D, 8] tile.
+
+        Why: in the seq kernel's sm_90 code every position's loads sit right before its own arithmetic (the
+        compiler cannot move them above the previous position's y store), so each position waits for its own load
+        latency, and the per-channel softplus is repeated on the 4 lanes that share a channel. Here the 8
+        positions' loads are in flight together and the tile's softplus is computed once per element."""
+        T: tl.constexpr = 8
+        pid_d = tl.program_id(0)
+        batch = tl.program_id(1)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+        steps = tl.arange(0, T)
+        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
+        a_log2 = a_mat.to(tl.float32) * 1.4426950408889634
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
+        y_rows = y_ptr + batch * dim * length + chans[:, None] * length
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
+        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
+        h = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        for base in range(0, length, T):
+            if SAVE_STATE:
+                if base % BLOCK_L == 0:
+                    tl.store(state_rows + (base // BLOCK_L) * n_state, h, mask=state_ok[None, :])
+            pos = base + steps
+            pos_ok = pos < length
+            mem = _memory_position(order_ptr, group, pos, length, REORDER)
+            u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            delta = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
+            bc_mask = state_ok[:, None] & pos_ok[None, :]
+            b_tile = tl.load(b_rows + mem[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
+            c_tile = tl.load(c_rows + mem[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                delta += bias[:, None]
+            dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)  # dt 0 past the end: the state stays
+            dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt)
+            du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(dt * u)
+            b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_tile)
+            c0, c1, c2, c3, c4, c5, c6, c7 = _eight_columns(c_tile)
+            h, y0 = _seq_step(h, a_log2, dt0, du0, b0, c0)
+            h, y1 = _seq_step(h, a_log2, dt1, du1, b1, c1)
+            h, y2 = _seq_step(h, a_log2, dt2, du2, b2, c2)
+            h, y3 = _seq_step(h, a_log2, dt3, du3, b3, c3)
+            h, y4 = _seq_step(h, a_log2, dt4, du4, b4, c4)
+            h, y5 = _seq_step(h, a_log2, dt5, du5, b5, c5)
+            h, y6 = _seq_step(h, a_log2, dt6, du6, b6, c6)
+            h, y7 = _seq_step(h, a_log2, dt7, du7, b7, c7)
+            y = _join_eight_columns(y0, y1, y2, y3, y4, y5, y6, y7)
+            if HAS_D:
+                y += d_skip[:, None] * u
+            tl.store(y_rows + mem[None, :], y.to(y_ptr.dtype.element_ty), mask=pos_ok[None, :])
 
     @triton.jit
     def _scan_bwd_kernel(
@@ -673,10 +811,17 @@ def _forward(
     a_fp32 = A.float().contiguous()
     if FWD_BC_POSITION_MAJOR:
         B, C = _position_major(B), _position_major(C)
+    if FWD_KIND not in FWD_KINDS:
+        raise ValueError(f"triton_scan.FWD_KIND must be one of {FWD_KINDS}, got {FWD_KIND!r}")
     kernel, extra = _scan_fwd_kernel, {}
     if FWD_KIND == "seq":
         block_d, num_warps = _block_d(per_group, FWD_SEQ_BLOCK_D), FWD_SEQ_WARPS
         kernel, extra = _scan_fwd_seq_kernel, {"UNROLL": FWD_UNROLL}
+    elif FWD_KIND == "vec":
+        if save_state and block_l % 8:  # its 8-position steps must start every saved-state segment
+            raise ValueError(f"FWD_KIND 'vec' saves states every 8k positions; the backward wants {block_l}")
+        block_d, num_warps = _block_d(per_group, FWD_VEC_BLOCK_D), FWD_VEC_WARPS
+        kernel = _scan_fwd_vec_kernel
     kernel[(dim // block_d, batch)](
         u,
         delta,

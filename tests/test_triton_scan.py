@@ -80,7 +80,7 @@ def test_bad_shapes_raise_before_any_kernel_runs(index, bad_shape, message):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
-@pytest.mark.parametrize("forward_kind", ["tile", "seq"])
+@pytest.mark.parametrize("forward_kind", ["tile", "seq", "vec"])
 @pytest.mark.parametrize("bc_position_major", [True, False], ids=["bc_position_major", "bc_as_given"])
 @pytest.mark.parametrize(
     "dtype, batch, dim, length, d_state, groups",
@@ -118,6 +118,10 @@ def test_interpreter_matches_torch_scan(
         (torch.float32, 1, 8, 20, 5, None, 4, 8, "tile", False),
         # the sequence shorter than one chunk; 4 groups of 2 channels, one program each
         (torch.float32, 1, 8, 5, 4, 4, 2, 16, "seq", True),
+        # the vec forward: chunks of 8 = its steps, N padded 5 -> 8, no D, no delta_bias; then 5 positions, one
+        # partial step
+        (torch.float32, 1, 8, 20, 5, None, 4, 8, "vec", False),
+        (torch.float64, 1, 8, 5, 4, 4, 2, 16, "vec", True),
     ],
 )
 def test_interpreter_seq_backward_matches_torch_scan(
@@ -168,6 +172,8 @@ def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):
     [
         ("tile", "tile", 4, "ss2d"),  # SS2D's fused cross-scan ("index"): 4 directions of one 5x7 map share u
         ("seq", "seq", 4, "ss2d"),
+        ("vec", "seq", 4, "ss2d"),  # 35 positions: four 8-position steps and a partial fifth
+        ("vec", "tile", 1, "random"),
         ("seq", "tile", 2, "pair"),  # "pair": 2 copies of u, each walked forward and backward
         ("seq", "tile", 1, "random"),  # any permutation per group, u per channel
         ("tile", "seq", 1, "random"),
@@ -229,6 +235,19 @@ def test_bad_orders_raise_before_any_kernel_runs(orders, u_channels, message):
 
 
 @pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
+def test_unknown_forward_kind_and_vec_with_a_short_chunk_raise(monkeypatch):
+    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
+    monkeypatch.setattr(triton_scan, "FWD_KIND", "fast")
+    with pytest.raises(ValueError, match="FWD_KIND must be one of"):
+        triton_scan.triton_selective_scan(*inputs)
+    monkeypatch.setattr(triton_scan, "FWD_KIND", "vec")
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "seq")
+    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 4)  # states every 4 positions: not a multiple of vec's 8
+    with pytest.raises(ValueError, match="saves states every 8k positions"):
+        triton_scan.triton_selective_scan(*inputs)
+
+
+@pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
 def test_unknown_backward_kind_raises(monkeypatch):
     monkeypatch.setattr(triton_scan, "BWD_KIND", "scan")
     inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
@@ -237,11 +256,14 @@ def test_unknown_backward_kind_raises(monkeypatch):
 
 
 @pytest.mark.skipif(not (ON_GPU and mamba_ssm_available()), reason="needs CUDA, Triton and mamba-ssm")
-@pytest.mark.parametrize("backward_kind", ["tile", "seq"])
+@pytest.mark.parametrize(
+    "forward_kind, backward_kind", [("seq", "tile"), ("seq", "seq"), ("vec", "seq")], ids=["tile", "seq", "vec-seq"]
+)
 @pytest.mark.parametrize("d_inner, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
-def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, backward_kind, d_inner, side):
+def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, forward_kind, backward_kind, d_inner, side):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
+    monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
     monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
 
     def mamba(u, delta, A, B, C, D, delta_bias):

@@ -207,6 +207,36 @@ if triton is not None:
             h = tl.sum(tl.where(positions[None, None, :] == BLOCK_L - 1, h_all, 0.0), axis=2)
 
     @triton.jit
+    def _eight_columns(tile):
+        """[R, 8] -> its 8 columns, each [R] (register renames where a thread holds a row's 8 values, else
+        Triton moves them through shared memory)."""
+        x0, x1 = tl.split(tl.reshape(tile, [tile.shape[0], 4, 2]))  # x_j[r, i] = tile[r, 2 i + j]
+        y00, y01 = tl.split(tl.reshape(x0, [tile.shape[0], 2, 2]))  # y_jl[r, k] = tile[r, 4 k + 2 l + j]
+        y10, y11 = tl.split(tl.reshape(x1, [tile.shape[0], 2, 2]))
+        c0, c4 = tl.split(y00)
+        c2, c6 = tl.split(y01)
+        c1, c5 = tl.split(y10)
+        c3, c7 = tl.split(y11)
+        return c0, c1, c2, c3, c4, c5, c6, c7
+
+    @triton.jit
+    def _join_eight_columns(c0, c1, c2, c3, c4, c5, c6, c7):
+        """The inverse of _eight_columns: 8 [R] columns -> [R, 8]."""
+        y00 = tl.join(c0, c4)
+        y01 = tl.join(c2, c6)
+        y10 = tl.join(c1, c5)
+        y11 = tl.join(c3, c7)
+        x0 = tl.reshape(tl.join(y00, y01), [c0.shape[0], 4])
+        x1 = tl.reshape(tl.join(y10, y11), [c0.shape[0], 4])
+        return tl.reshape(tl.join(x0, x1), [c0.shape[0], 8])
+
+    @triton.jit
+    def _seq_step(h, a_log2, dt, dtu, b_col, c_col):
+        """One position of the seq recurrence: h [BLOCK_D, N] <- exp(dt A) h + dt u B; returns (h, y [BLOCK_D])."""
+        h = tl.exp2(dt[:, None] * a_log2) * h + dtu[:, None] * b_col[None, :]
+        return h, tl.sum(h * c_col[None, :], axis=1)
+
+    @triton.jit
     def _scan_fwd_seq_kernel(
         u_ptr,
         delta_ptr,
@@ -277,40 +307,10 @@ if triton is not None:
             dt = _softplus(delta)
             b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
             c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
-            h = tl.exp2(dt[:, None] * a_log2) * h + (dt * u)[:, None] * b_col[None, :]
-            y = tl.sum(h * c_col[None, :], axis=1)
+            h, y = _seq_step(h, a_log2, dt, dt * u, b_col, c_col)
             if HAS_D:
                 y += d_skip * u
             tl.store(y_rows + mem, y.to(y_ptr.dtype.element_ty))
-
-    @triton.jit
-    def _eight_columns(tile):
-        """[R, 8] -> its 8 columns, each [R] (register moves when a thread holds the row's 8 values)."""
-        x0, x1 = tl.split(tl.reshape(tile, [tile.shape[0], 4, 2]))  # x_j[r, i] = tile[r, 2 i + j]
-        y00, y01 = tl.split(tl.reshape(x0, [tile.shape[0], 2, 2]))  # y_jl[r, k] = tile[r, 4 k + 2 l + j]
-        y10, y11 = tl.split(tl.reshape(x1, [tile.shape[0], 2, 2]))
-        c0, c4 = tl.split(y00)
-        c2, c6 = tl.split(y01)
-        c1, c5 = tl.split(y10)
-        c3, c7 = tl.split(y11)
-        return c0, c1, c2, c3, c4, c5, c6, c7
-
-    @triton.jit
-    def _join_eight_columns(c0, c1, c2, c3, c4, c5, c6, c7):
-        """The inverse of _eight_columns: 8 [R] columns -> [R, 8]."""
-        y00 = tl.join(c0, c4)
-        y01 = tl.join(c2, c6)
-        y10 = tl.join(c1, c5)
-        y11 = tl.join(c3, c7)
-        x0 = tl.reshape(tl.join(y00, y01), [c0.shape[0], 4])
-        x1 = tl.reshape(tl.join(y10, y11), [c0.shape[0], 4])
-        return tl.reshape(tl.join(x0, x1), [c0.shape[0], 8])
-
-    @triton.jit
-    def _seq_step(h, a_log2, dt, dtu, b_col, c_col):
-        """One position of the seq recurrence: h [BLOCK_D, N] <- exp(dt A) h + dt u B; returns (h, y [BLOCK_D])."""
-        h = tl.exp2(dt[:, None] * a_log2) * h + dtu[:, None] * b_col[None, :]
-        return h, tl.sum(h * c_col[None, :], axis=1)
 
     @triton.jit
     def _scan_fwd_vec_kernel(

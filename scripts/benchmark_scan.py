@@ -18,10 +18,10 @@ one position per step).
 
 "tri-vec" rows run the Triton scan with the 8-position-tile forward (``FWD_KIND = "vec"``, version 6 in
 docs/performance.md), the backward unchanged, beside the default's "triton" rows. "tri-pair" and "tri-index" rows
-run the Triton kernel as SS2D's fused cross-scan modes call it (``orders``, u holding
-2 or 1 copies of the map shared by the 4 directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the
-sum of du over the directions sharing a copy and, for "index", the strided reads of the column-major directions; their
-GB/s use the same byte counts as the other rows.
+run the Triton kernel as SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared
+by the 4 directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions
+sharing a copy and, for "index", the strided reads of the column-major directions; their GB/s use the same byte
+counts as the other rows.
 """
 
 from __future__ import annotations
@@ -292,10 +292,9 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
             )
         timed(f"fwd {kind} {(block_d, warps) if kind == 'vec' else (block_d, block_l_or_unroll, warps)}", False)
     # the backward rows below run after the default forward configuration, not after the last one swept
-    for name in ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL"):
-        setattr(triton_scan, name, saved[name])
-    for name in ("FWD_SEQ_WARPS", "FWD_VEC_BLOCK_D", "FWD_VEC_WARPS"):
-        setattr(triton_scan, name, saved[name])
+    for name in names:
+        if name.startswith("FWD_"):
+            setattr(triton_scan, name, saved[name])
     triton_scan.BWD_KIND = "tile"
     for seq_fwd in (False, True):  # the training forward with the tile kernel or the seq kernel
         triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"

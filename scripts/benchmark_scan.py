@@ -16,8 +16,9 @@ sequence of calls, warm-up first, median of --steps.
 --bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans) or "seq" (version 4,
 one position per step).
 
-"tri-vec" rows run the Triton scan with the 8-position-tile forward (``FWD_KIND = "vec"``, version 6 in
-docs/performance.md), the backward unchanged, beside the default's "triton" rows. "tri-pair" and "tri-index" rows
+"tri-seq" rows run the Triton scan with the one-position-per-step forward (``FWD_KIND = "seq"``, the default before
+version 6 in docs/performance.md), the backward unchanged, beside the default's "triton" rows (the 8-position-tile
+"vec" forward). "tri-pair" and "tri-index" rows
 run the Triton kernel as SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared
 by the 4 directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions
 sharing a copy and, for "index", the strided reads of the column-major directions; their GB/s use the same byte
@@ -177,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.check:
         for row in check(4, torch.float32):
             print("check fp32 batch 4:", row, flush=True)
-        for row in check(4, torch.float32, forward_kind_scan("vec")):
-            print("check fp32 batch 4, vec forward:", row, flush=True)
+        for row in check(4, torch.float32, forward_kind_scan("seq")):
+            print("check fp32 batch 4, seq forward:", row, flush=True)
 
     # One input set (and output gradient) per scan call of the 16-scan step.
     sets, grads, stage_of = [], [], []
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
     backends.append(("triton", triton_scan.triton_selective_scan))
-    backends.append(("tri-vec", forward_kind_scan("vec")))
+    backends.append(("tri-seq", forward_kind_scan("seq")))
     backends += [("tri-pair", fused_cross_scan("pair")), ("tri-index", fused_cross_scan("index"))]
     header = f"{'backend':<10} {'scans':<12} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'f+b GB/s':>9} {'speedup f/fb':>13}"
     lines = [header, "-" * len(header)]
@@ -307,8 +308,8 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
         timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
     triton_scan.BWD_REDUCE_BC = True
-    # Version 4 backward (one position per step) after the seq forward.
-    triton_scan.FWD_KIND, triton_scan.BWD_KIND = "seq", "seq"
+    # Version 4 backward (one position per step) after the default forward.
+    triton_scan.FWD_KIND, triton_scan.BWD_KIND = saved["FWD_KIND"], "seq"
     for config in bwd_seq_configs:
         (
             triton_scan.BWD_SEQ_BLOCK_D,
@@ -316,12 +317,12 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
             triton_scan.BWD_SEQ_WARPS,
             triton_scan.BWD_SEQ_UNROLL,
         ) = config
-        timed(f"fwd+bwd seq fwd, seq bwd {config}", True)
+        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, seq bwd {config}", True)
     triton_scan.BWD_REDUCE_BC = False
     triton_scan.BWD_SEQ_BLOCK_D, triton_scan.BWD_SEQ_CHUNK, triton_scan.BWD_SEQ_WARPS, triton_scan.BWD_SEQ_UNROLL = (
         bwd_seq_configs[0]
     )
-    timed(f"fwd+bwd seq fwd, seq bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
+    timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, seq bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
     for name, value in saved.items():
         setattr(triton_scan, name, value)
 

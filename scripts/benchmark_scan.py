@@ -1,6 +1,6 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
-``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep] [--check] [--bwd_kind tile|seq]``
+``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep] [--check] [--bwd_kind tile|seq|vec]``
 on a CUDA machine with Triton (and mamba-ssm for the reference rows). Prints, for the scan shapes of one step (SS2D
 stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage i has d_inner 192 * 2**i at
 L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the achieved bandwidth (the fewest bytes
@@ -13,8 +13,8 @@ sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
 --sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first.
---bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans) or "seq" (version 4,
-one position per step).
+--bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans), "seq" (version 4,
+one position per step) or "vec" (version 7, the seq kernel in 8-position steps).
 
 "tri-seq" rows run the Triton scan with the one-position-per-step forward (``FWD_KIND = "seq"``, the default before
 version 6 in docs/performance.md), the backward unchanged, beside the default's "triton" rows (the 8-position-tile
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sweep", action="store_true", help="time tile configurations of the Triton kernels first")
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
     parser.add_argument(
-        "--bwd_kind", choices=("tile", "seq"), default=triton_scan.BWD_KIND, help="Triton backward kernel"
+        "--bwd_kind", choices=triton_scan.BWD_KINDS, default=triton_scan.BWD_KIND, help="Triton backward kernel"
     )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not triton_scan.triton_available():

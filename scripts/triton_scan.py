@@ -85,7 +85,10 @@ BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
 # states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch buffer; 1.18x mamba-ssm's forward+backward on
 # an H100) or "tile" (associative scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the
 # forward runs (it sets the checkpoint spacing).
+# "vec" (version 7, written 2026-12-07, not yet timed): the seq kernel with its recompute and reverse-walk loops in
+# 8-position steps whose loads are issued together, like the vec forward (docs/performance.md, version 7).
 BWD_KIND = "seq"
+BWD_KINDS = ("tile", "seq", "vec")
 BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
 BWD_REDUCE_BC = True
@@ -238,6 +241,18 @@ if triton is not None:
         """One position of the seq recurrence: h [BLOCK_D, N] <- exp(dt A) h + dt u B; returns (h, y [BLOCK_D])."""
         h = tl.exp2(dt[:, None] * a_log2) * h + dtu[:, None] * b_col[None, :]
         return h, tl.sum(h * c_col[None, :], axis=1)
+
+    @triton.jit
+    def _bwd_step(g, a_next, da_acc, h, h_prev, dt, dtu, dy, b_col, c_col, a_log2, a_mat):
+        """One position of the backward's reverse walk: g [BLOCK_D, N] <- a_{t+1} g + C_t dy_t, dA accumulated;
+        returns (g, a_t, da_acc, dC_t [N], dB_t [N], sum_n g B_t [BLOCK_D], sum_n g a_t h_{t-1} A [BLOCK_D])."""
+        decay = tl.exp2(dt[:, None] * a_log2)  # a_t
+        g = a_next * g + c_col[None, :] * dy[:, None]
+        dc = tl.sum(h * dy[:, None], axis=0)
+        db = tl.sum(g * dtu[:, None], axis=0)
+        decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
+        da_acc += decayed_prev * dt[:, None]
+        return g, decay, da_acc, dc, db, tl.sum(g * b_col[None, :], axis=1), tl.sum(decayed_prev * a_mat, axis=1)
 
     @triton.jit
     def _scan_fwd_seq_kernel(
@@ -614,6 +629,7 @@ if triton is not None:
         BLOCK_L: tl.constexpr,
         SUB_L: tl.constexpr,
         UNROLL: tl.constexpr,
+        VEC: tl.constexpr,
     ):
         """Backward, one position per loop step (no associative scan), chunks of BLOCK_L positions in reverse.
 
@@ -659,6 +675,12 @@ if triton is not None:
         h_slots = scratch + lanes[:, None] * N_PAD + states[None, :]
         vec_rows = scratch + BLOCK_L * slot_size + lanes  # + k * vec_size + i * BLOCK_D
         vec_tile = scratch + BLOCK_L * slot_size + positions[None, :] * BLOCK_D + lanes[:, None]
+        # VEC: [BLOCK_D, 8] tiles of the same vectors (+ idx[None, :] * BLOCK_D) and [N, 8] tiles of B, C, dB, dC.
+        steps = tl.arange(0, 8)
+        vec8_rows = scratch + BLOCK_L * slot_size + lanes[:, None]
+        b_tile_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
+        c_tile_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
+        dbc_tile_rows = (batch * n_groups + group) * length * n_state + states[:, None]
 
         g = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # dL/dh_t (through y_t and all later positions)
         a_next = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # a_{t+1}; times g_{t+1} = 0 past the end
@@ -683,38 +705,135 @@ if triton is not None:
                 tl.store(vec_tile + q * (SUB_L * BLOCK_D), dt)
                 tl.store(vec_tile + q * (SUB_L * BLOCK_D) + vec_size, dt * u)
             tl.debug_barrier()  # scratch written and read by different threads of the program
-            # (1) Recompute the chunk's states from its saved start; h ends as h_{last} in registers.
-            h = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
-            for i in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
-                tl.store(h_slots + i * slot_size, h)
-                dt_i = tl.load(vec_rows + i * BLOCK_D)
-                dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
-                mem = _memory_position(order_ptr, group, start + i, length, REORDER)
-                b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-                h = tl.exp2(dt_i[:, None] * a_log2) * h + dt_u_i[:, None] * b_col[None, :]
-            tl.debug_barrier()
-            # (2) Reverse walk: h = h_t (registers), h_prev = h_{t-1} (scratch).
-            for j in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
-                i = n_pos - 1 - j
-                mem = _memory_position(order_ptr, group, start + i, length, REORDER)
-                h_prev = tl.load(h_slots + i * slot_size)
-                dt_i = tl.load(vec_rows + i * BLOCK_D)
-                dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
-                dy = tl.load(dy_rows + mem).to(tl.float32)
-                b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-                c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
-                decay = tl.exp2(dt_i[:, None] * a_log2)  # a_t
-                g = a_next * g + c_col[None, :] * dy[:, None]
-                if REDUCE_BC:
-                    bc_at = dbc_rows + mem * n_state
-                    tl.atomic_add(dc_ptr + bc_at, tl.sum(h * dy[:, None], axis=0), mask=state_ok, sem="relaxed")
-                    tl.atomic_add(db_ptr + bc_at, tl.sum(g * dt_u_i[:, None], axis=0), mask=state_ok, sem="relaxed")
-                decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
-                da_acc += decayed_prev * dt_i[:, None]
-                tl.store(vec_rows + 2 * vec_size + i * BLOCK_D, tl.sum(g * b_col[None, :], axis=1))
-                tl.store(vec_rows + 3 * vec_size + i * BLOCK_D, tl.sum(decayed_prev * a_mat, axis=1))
-                a_next = decay
-                h = h_prev
+            if VEC:
+                # Version 7 ("vec"): phases (1) and (2) in steps of 8 positions whose operands are all loaded as
+                # tiles before their arithmetic (as in the vec forward), so each step waits for one load latency,
+                # not one per position; the 8 positions' dB / dC rows go out as one [N, 8] atomic each and the two
+                # per-channel sums as one [BLOCK_D, 8] store each. Positions past the chunk read dt = dt u = 0 (the
+                # state stays) and dy = B = C = 0 (g stays 0: they exist only at the end of the sequence).
+                h = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
+                for i0 in range(0, n_pos, 8):
+                    idx = i0 + steps
+                    in_chunk = idx < n_pos
+                    mem8 = _memory_position(order_ptr, group, start + idx, length, REORDER)
+                    dt_t = tl.load(vec8_rows + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
+                    du_t = tl.load(vec8_rows + vec_size + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
+                    bc_mask = state_ok[:, None] & in_chunk[None, :]
+                    b_t = tl.load(b_tile_rows + mem8[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
+                    dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
+                    du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(du_t)
+                    b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_t)
+                    tl.store(h_slots + i0 * slot_size, h)
+                    h = tl.exp2(dt0[:, None] * a_log2) * h + du0[:, None] * b0[None, :]
+                    tl.store(h_slots + (i0 + 1) * slot_size, h)
+                    h = tl.exp2(dt1[:, None] * a_log2) * h + du1[:, None] * b1[None, :]
+                    tl.store(h_slots + (i0 + 2) * slot_size, h)
+                    h = tl.exp2(dt2[:, None] * a_log2) * h + du2[:, None] * b2[None, :]
+                    tl.store(h_slots + (i0 + 3) * slot_size, h)
+                    h = tl.exp2(dt3[:, None] * a_log2) * h + du3[:, None] * b3[None, :]
+                    tl.store(h_slots + (i0 + 4) * slot_size, h)
+                    h = tl.exp2(dt4[:, None] * a_log2) * h + du4[:, None] * b4[None, :]
+                    tl.store(h_slots + (i0 + 5) * slot_size, h)
+                    h = tl.exp2(dt5[:, None] * a_log2) * h + du5[:, None] * b5[None, :]
+                    tl.store(h_slots + (i0 + 6) * slot_size, h)
+                    h = tl.exp2(dt6[:, None] * a_log2) * h + du6[:, None] * b6[None, :]
+                    tl.store(h_slots + (i0 + 7) * slot_size, h)
+                    h = tl.exp2(dt7[:, None] * a_log2) * h + du7[:, None] * b7[None, :]
+                tl.debug_barrier()
+                n_steps = tl.cdiv(n_pos, 8)
+                for jj in range(0, n_steps):
+                    i0 = (n_steps - 1 - jj) * 8
+                    idx = i0 + steps
+                    in_chunk = idx < n_pos
+                    mem8 = _memory_position(order_ptr, group, start + idx, length, REORDER)
+                    hp0 = tl.load(h_slots + i0 * slot_size)
+                    hp1 = tl.load(h_slots + (i0 + 1) * slot_size)
+                    hp2 = tl.load(h_slots + (i0 + 2) * slot_size)
+                    hp3 = tl.load(h_slots + (i0 + 3) * slot_size)
+                    hp4 = tl.load(h_slots + (i0 + 4) * slot_size)
+                    hp5 = tl.load(h_slots + (i0 + 5) * slot_size)
+                    hp6 = tl.load(h_slots + (i0 + 6) * slot_size)
+                    hp7 = tl.load(h_slots + (i0 + 7) * slot_size)
+                    dt_t = tl.load(vec8_rows + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
+                    du_t = tl.load(vec8_rows + vec_size + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
+                    dy_t = tl.load(dy_tile_rows + mem8[None, :], mask=in_chunk[None, :], other=0.0).to(tl.float32)
+                    bc_mask = state_ok[:, None] & in_chunk[None, :]
+                    b_t = tl.load(b_tile_rows + mem8[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
+                    c_t = tl.load(c_tile_rows + mem8[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
+                    dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
+                    du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(du_t)
+                    dy0, dy1, dy2, dy3, dy4, dy5, dy6, dy7 = _eight_columns(dy_t)
+                    b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_t)
+                    c0, c1, c2, c3, c4, c5, c6, c7 = _eight_columns(c_t)
+                    # h_t of position i0 + k is h_prev of position i0 + k + 1 (hp_{k+1}); of i0 + 7, the carried h.
+                    g, a_next, da_acc, dc7, db7, gb7, gah7 = _bwd_step(
+                        g, a_next, da_acc, h, hp7, dt7, du7, dy7, b7, c7, a_log2, a_mat
+                    )
+                    g, a_next, da_acc, dc6, db6, gb6, gah6 = _bwd_step(
+                        g, a_next, da_acc, hp7, hp6, dt6, du6, dy6, b6, c6, a_log2, a_mat
+                    )
+                    g, a_next, da_acc, dc5, db5, gb5, gah5 = _bwd_step(
+                        g, a_next, da_acc, hp6, hp5, dt5, du5, dy5, b5, c5, a_log2, a_mat
+                    )
+                    g, a_next, da_acc, dc4, db4, gb4, gah4 = _bwd_step(
+                        g, a_next, da_acc, hp5, hp4, dt4, du4, dy4, b4, c4, a_log2, a_mat
+                    )
+                    g, a_next, da_acc, dc3, db3, gb3, gah3 = _bwd_step(
+                        g, a_next, da_acc, hp4, hp3, dt3, du3, dy3, b3, c3, a_log2, a_mat
+                    )
+                    g, a_next, da_acc, dc2, db2, gb2, gah2 = _bwd_step(
+                        g, a_next, da_acc, hp3, hp2, dt2, du2, dy2, b2, c2, a_log2, a_mat
+                    )
+                    g, a_next, da_acc, dc1, db1, gb1, gah1 = _bwd_step(
+                        g, a_next, da_acc, hp2, hp1, dt1, du1, dy1, b1, c1, a_log2, a_mat
+                    )
+                    g, a_next, da_acc, dc0, db0, gb0, gah0 = _bwd_step(
+                        g, a_next, da_acc, hp1, hp0, dt0, du0, dy0, b0, c0, a_log2, a_mat
+                    )
+                    h = hp0
+                    if REDUCE_BC:
+                        bc_at = dbc_tile_rows + mem8[None, :] * n_state
+                        dc_t = _join_eight_columns(dc0, dc1, dc2, dc3, dc4, dc5, dc6, dc7)
+                        db_t = _join_eight_columns(db0, db1, db2, db3, db4, db5, db6, db7)
+                        tl.atomic_add(dc_ptr + bc_at, dc_t, mask=bc_mask, sem="relaxed")
+                        tl.atomic_add(db_ptr + bc_at, db_t, mask=bc_mask, sem="relaxed")
+                    gb_t = _join_eight_columns(gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7)
+                    gah_t = _join_eight_columns(gah0, gah1, gah2, gah3, gah4, gah5, gah6, gah7)
+                    tl.store(vec8_rows + 2 * vec_size + idx[None, :] * BLOCK_D, gb_t)
+                    tl.store(vec8_rows + 3 * vec_size + idx[None, :] * BLOCK_D, gah_t)
+            else:
+                # (1) Recompute the chunk's states from its saved start; h ends as h_{last} in registers.
+                h = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
+                for i in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
+                    tl.store(h_slots + i * slot_size, h)
+                    dt_i = tl.load(vec_rows + i * BLOCK_D)
+                    dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
+                    mem = _memory_position(order_ptr, group, start + i, length, REORDER)
+                    b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+                    h = tl.exp2(dt_i[:, None] * a_log2) * h + dt_u_i[:, None] * b_col[None, :]
+                tl.debug_barrier()
+                # (2) Reverse walk: h = h_t (registers), h_prev = h_{t-1} (scratch).
+                for j in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
+                    i = n_pos - 1 - j
+                    mem = _memory_position(order_ptr, group, start + i, length, REORDER)
+                    h_prev = tl.load(h_slots + i * slot_size)
+                    dt_i = tl.load(vec_rows + i * BLOCK_D)
+                    dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
+                    dy = tl.load(dy_rows + mem).to(tl.float32)
+                    b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
+                    c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
+                    decay = tl.exp2(dt_i[:, None] * a_log2)  # a_t
+                    g = a_next * g + c_col[None, :] * dy[:, None]
+                    if REDUCE_BC:
+                        bc_at = dbc_rows + mem * n_state
+                        tl.atomic_add(dc_ptr + bc_at, tl.sum(h * dy[:, None], axis=0), mask=state_ok, sem="relaxed")
+                        tl.atomic_add(db_ptr + bc_at, tl.sum(g * dt_u_i[:, None], axis=0), mask=state_ok, sem="relaxed")
+                    decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
+                    da_acc += decayed_prev * dt_i[:, None]
+                    tl.store(vec_rows + 2 * vec_size + i * BLOCK_D, tl.sum(g * b_col[None, :], axis=1))
+                    tl.store(vec_rows + 3 * vec_size + i * BLOCK_D, tl.sum(decayed_prev * a_mat, axis=1))
+                    a_next = decay
+                    h = h_prev
             tl.debug_barrier()
             # (3) du_t = dt_t sum_n g_t B_t + D dy_t; ddt_t = u_t sum_n g_t B_t + sum_n g_t a_t h_{t-1} A;
             # ddelta_t = ddt_t softplus'(x_t) = ddt_t sigmoid(x_t) (softplus is the identity above 20).
@@ -776,9 +895,9 @@ def _position_major(x: torch.Tensor) -> torch.Tensor:
 
 def _bwd_chunk_preference() -> int:
     """The preferred backward tile length (= the training forward's checkpoint spacing) of the current BWD_KIND."""
-    if BWD_KIND not in ("tile", "seq"):
-        raise ValueError(f"triton_scan.BWD_KIND must be 'tile' or 'seq', got {BWD_KIND!r}")
-    return BWD_SEQ_CHUNK if BWD_KIND == "seq" else BWD_BLOCK_L
+    if BWD_KIND not in BWD_KINDS:
+        raise ValueError(f"triton_scan.BWD_KIND must be one of {BWD_KINDS}, got {BWD_KIND!r}")
+    return BWD_BLOCK_L if BWD_KIND == "tile" else BWD_SEQ_CHUNK
 
 
 def _forward(
@@ -881,9 +1000,9 @@ def _backward(
     kind: str = "tile",
     orders: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Launch the backward kernel of ``kind`` ("tile" or "seq") with the forward's tile length (the spacing of the
+    """Launch the backward kernel of ``kind`` ("tile", "seq" or "vec") with the forward's tile length (the spacing of the
     saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), du in u's shape."""
-    seq = kind == "seq"
+    seq = kind in ("seq", "vec")  # "vec": the seq kernel with its two per-position loops in 8-position steps
     block_d, num_warps = (BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS) if seq else (BWD_BLOCK_D, BWD_WARPS)
     batch, dim, length = delta.shape
     n_groups, n_state = B.shape[1], A.shape[1]
@@ -908,14 +1027,17 @@ def _backward(
     grid = (dim // block_d, batch)
     if seq:
         B, C = _position_major(B), _position_major(C)
-        if block_l & (block_l - 1):
-            raise ValueError(f"triton_scan.BWD_SEQ_CHUNK must be a power of two, got {BWD_SEQ_CHUNK}")
+        if block_l & (block_l - 1) or (kind == "vec" and block_l < 8):
+            raise ValueError(
+                f"triton_scan.BWD_SEQ_CHUNK must be a power of two (at least 8 for BWD_KIND 'vec'), got {block_l}"
+            )
         # Per program: block_l slots of [block_d, N_PAD] fp32 (a chunk's states) and 4 [block_l, block_d] vectors.
         per_program = block_l * block_d * (n_pad + 4)
         scratch = torch.empty(grid[0] * grid[1] * per_program, device=u.device, dtype=torch.float32)
         # Prologue / epilogue pieces of [block_d, sub_l]: two elements per thread.
         sub_l = max(1, min(block_l, 64 * num_warps // block_d))
-        kernel, extra_ptrs, extra = _scan_bwd_seq_kernel, [scratch], {"SUB_L": sub_l, "UNROLL": BWD_SEQ_UNROLL}
+        extra = {"SUB_L": sub_l, "UNROLL": BWD_SEQ_UNROLL, "VEC": kind == "vec"}
+        kernel, extra_ptrs = _scan_bwd_seq_kernel, [scratch]
         pos_strides = [B.stride(3), C.stride(3)]
     else:
         kernel, extra_ptrs, extra, pos_strides = _scan_bwd_kernel, [], {}, []

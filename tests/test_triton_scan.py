@@ -124,10 +124,13 @@ def test_interpreter_matches_torch_scan(
         (torch.float64, 1, 8, 5, 4, 4, 2, 16, "vec", True),
     ],
 )
+@pytest.mark.parametrize("backward_kind", ["seq", "vec"])
 def test_interpreter_seq_backward_matches_torch_scan(
-    monkeypatch, dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias
+    monkeypatch, dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias, backward_kind
 ):
-    monkeypatch.setattr(triton_scan, "BWD_KIND", "seq")
+    """The seq backward and its 8-position-step variant ("vec"): chunks of 8 and 16 (one or two steps), partial last
+    chunks and steps."""
+    monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", block_d)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", chunk)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_UNROLL", 3)  # a remainder in every chunk (ignored by the interpreter)
@@ -173,6 +176,8 @@ def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):
         ("tile", "tile", 4, "ss2d"),  # SS2D's fused cross-scan ("index"): 4 directions of one 5x7 map share u
         ("seq", "seq", 4, "ss2d"),
         ("vec", "seq", 4, "ss2d"),  # 35 positions: four 8-position steps and a partial fifth
+        ("vec", "vec", 4, "ss2d"),  # the vec backward: chunks 16 + 16 + 3, its last step partial
+        ("seq", "vec", 1, "random"),
         ("vec", "tile", 1, "random"),
         ("seq", "tile", 2, "pair"),  # "pair": 2 copies of u, each walked forward and backward
         ("seq", "tile", 1, "random"),  # any permutation per group, u per channel
@@ -251,13 +256,21 @@ def test_unknown_forward_kind_and_vec_with_a_short_chunk_raise(monkeypatch):
 def test_unknown_backward_kind_raises(monkeypatch):
     monkeypatch.setattr(triton_scan, "BWD_KIND", "scan")
     inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
-    with pytest.raises(ValueError, match="BWD_KIND must be 'tile' or 'seq'"):
+    with pytest.raises(ValueError, match="BWD_KIND must be one of"):
         triton_scan.triton_selective_scan(*inputs)
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "vec")
+    monkeypatch.setattr(triton_scan, "FWD_KIND", "seq")
+    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 4)  # its steps are 8 positions
+    y = triton_scan.triton_selective_scan(*inputs)
+    with pytest.raises(ValueError, match="at least 8 for BWD_KIND 'vec'"):
+        y.sum().backward()
 
 
 @pytest.mark.skipif(not (ON_GPU and mamba_ssm_available()), reason="needs CUDA, Triton and mamba-ssm")
 @pytest.mark.parametrize(
-    "forward_kind, backward_kind", [("seq", "tile"), ("seq", "seq"), ("vec", "seq")], ids=["tile", "seq", "vec-seq"]
+    "forward_kind, backward_kind",
+    [("seq", "tile"), ("seq", "seq"), ("vec", "seq"), ("vec", "vec")],
+    ids=["tile", "seq", "vec-seq", "vec-vec"],
 )
 @pytest.mark.parametrize("d_inner, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
 def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, forward_kind, backward_kind, d_inner, side):

@@ -19,7 +19,7 @@ avoids both the shift and a division. dB and dC (sums over a group's channels) a
 batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
 backward the gradients are not bitwise deterministic.
 
-Version 4 backward, ``BWD_KIND = "seq"`` (the default since timed on an H100): no associative scan. One program owns
+Version 4 backward, ``BWD_KIND = "seq"`` (the default from 2026-12-06 until version 7): no associative scan. One program owns
 BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
 dt and dt u of the chunk are computed as [BLOCK_D, SUB_L] tiles into a per-program scratch buffer, h is recomputed
 one position per step from the saved chunk start (h_{t-1} of each position into scratch), then the chunk is walked
@@ -41,6 +41,11 @@ Version 6 forward, ``FWD_KIND = "vec"`` (the default since timed on an H100, 202
 one tile store of y; the seq kernel's sm_90 code loads each position right before its own arithmetic and so waits for
 one load latency per position. Measured: the 16-scan fp32 forward 5.6 ms against the seq kernel's 14.7 and mamba-ssm's
 17.0 (3.05x), forward+backward 49.4 ms (1.38x; the backward, ~44 ms, is unchanged) (docs/performance.md, version 6).
+
+Version 7 backward, ``BWD_KIND = "vec"`` (the default since timed on an H100, 2026-12-07): the seq backward with its
+two per-position loops (state recompute, reverse walk) in 8-position steps, every operand of a step loaded as a tile
+before its arithmetic, the step's dB / dC rows added as one [N, 8] atomic each. Measured with the vec forward: 39.3 ms
+forward+backward for the 16 scans against mamba-ssm's 68.1 (1.73x); the backward 44 -> 34 ms.
 
 Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
 """
@@ -81,13 +86,13 @@ FWD_KINDS = ("tile", "seq", "vec")
 # ~0.04 ms per stage-0 scan.
 FWD_BC_POSITION_MAJOR = True
 BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
-# Backward kernel: "seq" (version 4, the default: one position per loop step, BWD_SEQ_BLOCK_D channels per program, the
-# states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch buffer; 1.18x mamba-ssm's forward+backward on
-# an H100) or "tile" (associative scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the
-# forward runs (it sets the checkpoint spacing).
-# "vec" (version 7, written 2026-12-07, not yet timed): the seq kernel with its recompute and reverse-walk loops in
-# 8-position steps whose loads are issued together, like the vec forward (docs/performance.md, version 7).
-BWD_KIND = "seq"
+# Backward kernel (BWD_KIND): "vec" (version 7, the default: the seq kernel with its recompute and reverse-walk loops
+# in 8-position steps whose loads are issued together, like the vec forward; 1.73x mamba-ssm's forward+backward on an
+# H100, docs/performance.md, version 7), "seq" (version 4: one position per loop step, BWD_SEQ_BLOCK_D channels per
+# program, the states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch buffer) or "tile" (associative
+# scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the forward runs (it sets the checkpoint
+# spacing).
+BWD_KIND = "vec"
 BWD_KINDS = ("tile", "seq", "vec")
 BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).

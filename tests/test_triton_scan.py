@@ -255,7 +255,8 @@ def test_unknown_forward_kind_and_vec_with_a_short_chunk_raise(monkeypatch):
 @pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
 def test_unknown_backward_kind_raises(monkeypatch):
     monkeypatch.setattr(triton_scan, "BWD_KIND", "scan")
-    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
+    device = "cuda" if ON_GPU else "cpu"  # the vec check below runs the forward kernel first
+    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32, device=device)]
     with pytest.raises(ValueError, match="BWD_KIND must be one of"):
         triton_scan.triton_selective_scan(*inputs)
     monkeypatch.setattr(triton_scan, "BWD_KIND", "vec")

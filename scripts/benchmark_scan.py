@@ -258,7 +258,7 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
 def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
     """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
     BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward kernels ("tile": BLOCK_D, BLOCK_L,
-    num_warps; "seq": BLOCK_D, chunk, num_warps, unroll)."""
+    num_warps; "seq" and "vec": BLOCK_D, chunk, num_warps, unroll)."""
     names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
     names += ("FWD_VEC_BLOCK_D", "FWD_VEC_WARPS", "BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
     names += ("BWD_KIND", "BWD_SEQ_BLOCK_D", "BWD_SEQ_CHUNK", "BWD_SEQ_WARPS", "BWD_SEQ_UNROLL")
@@ -308,21 +308,28 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
         timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
     triton_scan.BWD_REDUCE_BC = True
-    # Version 4 backward (one position per step) after the default forward.
-    triton_scan.FWD_KIND, triton_scan.BWD_KIND = saved["FWD_KIND"], "seq"
-    for config in bwd_seq_configs:
+    # Version 4 backward (one position per step) and version 7 (its 8-position steps; the unroll is unused there)
+    # after the default forward.
+    triton_scan.FWD_KIND = saved["FWD_KIND"]
+    for kind in ("seq", "vec"):
+        triton_scan.BWD_KIND = kind
+        for config in bwd_seq_configs:
+            (
+                triton_scan.BWD_SEQ_BLOCK_D,
+                triton_scan.BWD_SEQ_CHUNK,
+                triton_scan.BWD_SEQ_WARPS,
+                triton_scan.BWD_SEQ_UNROLL,
+            ) = config
+            timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, {kind} bwd {config}", True)
+        triton_scan.BWD_REDUCE_BC = False
         (
             triton_scan.BWD_SEQ_BLOCK_D,
             triton_scan.BWD_SEQ_CHUNK,
             triton_scan.BWD_SEQ_WARPS,
             triton_scan.BWD_SEQ_UNROLL,
-        ) = config
-        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, seq bwd {config}", True)
-    triton_scan.BWD_REDUCE_BC = False
-    triton_scan.BWD_SEQ_BLOCK_D, triton_scan.BWD_SEQ_CHUNK, triton_scan.BWD_SEQ_WARPS, triton_scan.BWD_SEQ_UNROLL = (
-        bwd_seq_configs[0]
-    )
-    timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, seq bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
+        ) = bwd_seq_configs[0]
+        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, {kind} bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
+        triton_scan.BWD_REDUCE_BC = True
     for name, value in saved.items():
         setattr(triton_scan, name, value)
 

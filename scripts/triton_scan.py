@@ -19,8 +19,8 @@ avoids both the shift and a division. dB and dC (sums over a group's channels) a
 batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
 backward the gradients are not bitwise deterministic.
 
-Version 4 backward, ``BWD_KIND = "seq"`` (the default from 2026-12-06 until version 7): no associative scan. One program owns
-BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
+Version 4 backward, ``BWD_KIND = "seq"`` (the default from 2026-12-06 until version 7): no associative scan. One
+program owns BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
 dt and dt u of the chunk are computed as [BLOCK_D, SUB_L] tiles into a per-program scratch buffer, h is recomputed
 one position per step from the saved chunk start (h_{t-1} of each position into scratch), then the chunk is walked
 backward one position per step with g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} carried from the previous
@@ -1005,8 +1005,8 @@ def _backward(
     kind: str = "tile",
     orders: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Launch the backward kernel of ``kind`` ("tile", "seq" or "vec") with the forward's tile length (the spacing of the
-    saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), du in u's shape."""
+    """Launch the backward kernel of ``kind`` ("tile", "seq" or "vec") with the forward's tile length (the spacing of
+    the saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), du in u's shape."""
     seq = kind in ("seq", "vec")  # "vec": the seq kernel with its two per-position loops in 8-position steps
     block_d, num_warps = (BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS) if seq else (BWD_BLOCK_D, BWD_WARPS)
     batch, dim, length = delta.shape

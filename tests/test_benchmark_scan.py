@@ -27,6 +27,8 @@ def test_sweep_times_seq_backward_and_restores_constants(capsys):
     assert {name: getattr(triton_scan, name) for name in SWEPT} == before
     seq_rows = [s for s in seen if s[0] == "seq" and s[1]]
     assert len({s[2:] for s in seq_rows}) >= 4  # several (BLOCK_D, chunk) configurations of the seq backward
+    vec_bwd_rows = [s for s in seen if s[0] == "vec" and s[1]]
+    assert len({s[2:] for s in vec_bwd_rows}) >= 4  # and of its 8-position-step variant
     vec_rows = {(fwd["FWD_VEC_BLOCK_D"], fwd["FWD_VEC_WARPS"]) for kind, fwd in forwards if kind == "vec"}
     assert len(vec_rows) >= 4  # the 8-position-tile forward at several tile configurations
     # every backward row runs after the default forward configuration (tile sizes), whatever was swept last

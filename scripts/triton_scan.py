@@ -19,14 +19,14 @@ avoids both the shift and a division. dB and dC (sums over a group's channels) a
 batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
 backward the gradients are not bitwise deterministic.
 
-Version 4 backward, ``BWD_KIND = "seq"`` (the default from 2026-12-06 until version 7): no associative scan. One
-program owns BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
-dt and dt u of the chunk are computed as [BLOCK_D, SUB_L] tiles into a per-program scratch buffer, h is recomputed
-one position per step from the saved chunk start (h_{t-1} of each position into scratch), then the chunk is walked
-backward one position per step with g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} carried from the previous
-step), dB_t / dC_t added per position with atomics into position-major (batch, G, L, N) buffers, and du, ddelta,
-dD, d(delta_bias) finished per chunk as tiles. ddelta_t = sigmoid(x_t) sum_n g_t[n] (A[n] a_t[n] h_{t-1}[n] + B_t[n]
-u_t) with x = delta + delta_bias, a_t = exp(dt_t A) (the derivative of h_t = a_t h_{t-1} + dt_t B_t u_t in dt_t).
+Version 4 backward, ``BWD_KIND = "seq"`` (the default from 2026-12-06 until version 7): no associative scan. One program
+owns BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
+dt and dt u of the chunk are computed as [BLOCK_D, SUB_L] tiles into a per-program scratch buffer, h is recomputed one
+position per step from the saved chunk start (h_{t-1} of each position into scratch), then the chunk is walked backward
+one position per step with g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} carried from the previous step), dB_t
+/ dC_t added per position with atomics into position-major (batch, G, L, N) buffers, and du, ddelta, dD, d(delta_bias)
+finished per chunk as tiles. ddelta_t = sigmoid(x_t) sum_n g_t[n] (A[n] a_t[n] h_{t-1}[n] + B_t[n] u_t) with x = delta +
+delta_bias, a_t = exp(dt_t A) (the derivative of h_t = a_t h_{t-1} + dt_t B_t u_t in dt_t).
 
 Measured on one H100 (docs/performance.md, version 4): 15.0 ms forward and 58.0 ms forward+backward for the 16 scans
 of a batch-24 training step with the seq backward, against mamba-ssm's 17.2 and 68.2 in the same run (1.15x forward,
@@ -242,9 +242,14 @@ if triton is not None:
         return tl.reshape(tl.join(x0, x1), [c0.shape[0], 8])
 
     @triton.jit
+    def _state_step(h, a_log2, dt, dtu, b_col):
+        """One position of the recurrence: h [BLOCK_D, N] <- exp(dt A) h + dt u B (a_log2 = A log2(e))."""
+        return tl.exp2(dt[:, None] * a_log2) * h + dtu[:, None] * b_col[None, :]
+
+    @triton.jit
     def _seq_step(h, a_log2, dt, dtu, b_col, c_col):
-        """One position of the seq recurrence: h [BLOCK_D, N] <- exp(dt A) h + dt u B; returns (h, y [BLOCK_D])."""
-        h = tl.exp2(dt[:, None] * a_log2) * h + dtu[:, None] * b_col[None, :]
+        """One position of the seq forward: h <- _state_step(h); returns (h, y [BLOCK_D])."""
+        h = _state_step(h, a_log2, dt, dtu, b_col)
         return h, tl.sum(h * c_col[None, :], axis=1)
 
     @triton.jit
@@ -729,21 +734,21 @@ if triton is not None:
                     du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(du_t)
                     b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_t)
                     tl.store(h_slots + i0 * slot_size, h)
-                    h = tl.exp2(dt0[:, None] * a_log2) * h + du0[:, None] * b0[None, :]
+                    h = _state_step(h, a_log2, dt0, du0, b0)
                     tl.store(h_slots + (i0 + 1) * slot_size, h)
-                    h = tl.exp2(dt1[:, None] * a_log2) * h + du1[:, None] * b1[None, :]
+                    h = _state_step(h, a_log2, dt1, du1, b1)
                     tl.store(h_slots + (i0 + 2) * slot_size, h)
-                    h = tl.exp2(dt2[:, None] * a_log2) * h + du2[:, None] * b2[None, :]
+                    h = _state_step(h, a_log2, dt2, du2, b2)
                     tl.store(h_slots + (i0 + 3) * slot_size, h)
-                    h = tl.exp2(dt3[:, None] * a_log2) * h + du3[:, None] * b3[None, :]
+                    h = _state_step(h, a_log2, dt3, du3, b3)
                     tl.store(h_slots + (i0 + 4) * slot_size, h)
-                    h = tl.exp2(dt4[:, None] * a_log2) * h + du4[:, None] * b4[None, :]
+                    h = _state_step(h, a_log2, dt4, du4, b4)
                     tl.store(h_slots + (i0 + 5) * slot_size, h)
-                    h = tl.exp2(dt5[:, None] * a_log2) * h + du5[:, None] * b5[None, :]
+                    h = _state_step(h, a_log2, dt5, du5, b5)
                     tl.store(h_slots + (i0 + 6) * slot_size, h)
-                    h = tl.exp2(dt6[:, None] * a_log2) * h + du6[:, None] * b6[None, :]
+                    h = _state_step(h, a_log2, dt6, du6, b6)
                     tl.store(h_slots + (i0 + 7) * slot_size, h)
-                    h = tl.exp2(dt7[:, None] * a_log2) * h + du7[:, None] * b7[None, :]
+                    h = _state_step(h, a_log2, dt7, du7, b7)
                 tl.debug_barrier()
                 n_steps = tl.cdiv(n_pos, 8)
                 for jj in range(0, n_steps):
@@ -815,7 +820,7 @@ if triton is not None:
                     dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
                     mem = _memory_position(order_ptr, group, start + i, length, REORDER)
                     b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-                    h = tl.exp2(dt_i[:, None] * a_log2) * h + dt_u_i[:, None] * b_col[None, :]
+                    h = _state_step(h, a_log2, dt_i, dt_u_i, b_col)
                 tl.debug_barrier()
                 # (2) Reverse walk: h = h_t (registers), h_prev = h_{t-1} (scratch).
                 for j in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
@@ -827,17 +832,15 @@ if triton is not None:
                     dy = tl.load(dy_rows + mem).to(tl.float32)
                     b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
                     c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
-                    decay = tl.exp2(dt_i[:, None] * a_log2)  # a_t
-                    g = a_next * g + c_col[None, :] * dy[:, None]
+                    g, a_next, da_acc, dc, db, g_b, g_ah = _bwd_step(
+                        g, a_next, da_acc, h, h_prev, dt_i, dt_u_i, dy, b_col, c_col, a_log2, a_mat
+                    )
                     if REDUCE_BC:
                         bc_at = dbc_rows + mem * n_state
-                        tl.atomic_add(dc_ptr + bc_at, tl.sum(h * dy[:, None], axis=0), mask=state_ok, sem="relaxed")
-                        tl.atomic_add(db_ptr + bc_at, tl.sum(g * dt_u_i[:, None], axis=0), mask=state_ok, sem="relaxed")
-                    decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
-                    da_acc += decayed_prev * dt_i[:, None]
-                    tl.store(vec_rows + 2 * vec_size + i * BLOCK_D, tl.sum(g * b_col[None, :], axis=1))
-                    tl.store(vec_rows + 3 * vec_size + i * BLOCK_D, tl.sum(decayed_prev * a_mat, axis=1))
-                    a_next = decay
+                        tl.atomic_add(dc_ptr + bc_at, dc, mask=state_ok, sem="relaxed")
+                        tl.atomic_add(db_ptr + bc_at, db, mask=state_ok, sem="relaxed")
+                    tl.store(vec_rows + 2 * vec_size + i * BLOCK_D, g_b)
+                    tl.store(vec_rows + 3 * vec_size + i * BLOCK_D, g_ah)
                     h = h_prev
             tl.debug_barrier()
             # (3) du_t = dt_t sum_n g_t B_t + D dy_t; ddt_t = u_t sum_n g_t B_t + sum_n g_t a_t h_{t-1} A;

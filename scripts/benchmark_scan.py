@@ -1,6 +1,6 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
-``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep] [--check] [--bwd_kind tile|seq|vec]``
+``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--check] [--bwd_kind tile|seq|vec]``
 on a CUDA machine with Triton (and mamba-ssm for the reference rows). Prints, for the scan shapes of one step (SS2D
 stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage i has d_inner 192 * 2**i at
 L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the achieved bandwidth (the fewest bytes
@@ -12,17 +12,19 @@ a stage gets its own input set, so repeated calls do not time the L2 cache. Timi
 sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
---sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first.
+--sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first; --sweep bwd only
+those of the 8-position-step backwards (vec, reg) and the register caps, and nothing else.
 --bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans), "seq" (version 4,
-one position per step) or "vec" (version 7, the seq kernel in 8-position steps).
+one position per step), "vec" (version 7, the seq kernel in 8-position steps) or "reg" (version 8, version 7 with
+everything in registers).
 
 "tri-seq" rows run the Triton scan with the one-position-per-step forward (``FWD_KIND = "seq"``, the default before
 version 6 in docs/performance.md), the backward unchanged, beside the default's "triton" rows (the 8-position-tile
-"vec" forward). "tri-pair" and "tri-index" rows
-run the Triton kernel as SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared
-by the 4 directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions
-sharing a copy and, for "index", the strided reads of the column-major directions; their GB/s use the same byte
-counts as the other rows.
+"vec" forward). "tri-vec" rows run the default forward with the version-7 backward (``BWD_KIND = "vec"``, the
+previous default) beside the default's (version 8, everything in registers). "tri-pair" and "tri-index" rows run the Triton kernel as SS2D's fused
+cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4 directions; see
+mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions sharing a copy and, for
+"index", the strided reads of the column-major directions; their GB/s use the same byte counts as the other rows.
 """
 
 from __future__ import annotations
@@ -97,15 +99,17 @@ def fused_cross_scan(mode: str) -> ScanFn:
     return scan
 
 
-def forward_kind_scan(kind: str) -> ScanFn:
-    """The Triton scan with triton_scan.FWD_KIND = kind during each call (the module's value restored after)."""
+def forward_kind_scan(kind: str, setting: str = "FWD_KIND") -> ScanFn:
+    """The Triton scan with triton_scan.<setting> = kind during each call (the module's value restored after); for
+    BWD_KIND the forward records the kind, so its backward runs that kernel too."""
 
     def scan(u, delta, A, B, C, D, delta_bias) -> torch.Tensor:
-        saved, triton_scan.FWD_KIND = triton_scan.FWD_KIND, kind
+        saved = getattr(triton_scan, setting)
+        setattr(triton_scan, setting, kind)
         try:
             return triton_scan.triton_selective_scan(u, delta, A, B, C, D, delta_bias)
         finally:
-            triton_scan.FWD_KIND = saved
+            setattr(triton_scan, setting, saved)
 
     return scan
 
@@ -164,7 +168,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--check", action="store_true", help="print errors against mamba-ssm first")
-    parser.add_argument("--sweep", action="store_true", help="time tile configurations of the Triton kernels first")
+    parser.add_argument(
+        "--sweep",
+        nargs="?",
+        const="all",
+        choices=("all", "bwd"),
+        help="time tile configurations of the Triton kernels first (bwd: only the vec and reg backwards')",
+    )
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
     parser.add_argument(
         "--bwd_kind", choices=triton_scan.BWD_KINDS, default=triton_scan.BWD_KIND, help="Triton backward kernel"
@@ -209,11 +219,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     if args.sweep:
-        sweep(time_backend)
+        sweep(time_backend, backward_only=args.sweep == "bwd")
+        if args.sweep == "bwd":
+            return
 
     backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
     backends.append(("triton", triton_scan.triton_selective_scan))
     backends.append(("tri-seq", forward_kind_scan("seq")))
+    if args.bwd_kind != "vec":
+        backends.append(("tri-vec", forward_kind_scan("vec", "BWD_KIND")))
     backends += [("tri-pair", fused_cross_scan("pair")), ("tri-index", fused_cross_scan("index"))]
     header = f"{'backend':<10} {'scans':<12} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'f+b GB/s':>9} {'speedup f/fb':>13}"
     lines = [header, "-" * len(header)]
@@ -255,22 +269,28 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
     )
 
 
-def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
+def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False) -> None:
     """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
     BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward kernels ("tile": BLOCK_D, BLOCK_L,
-    num_warps; "seq" and "vec": BLOCK_D, chunk, num_warps, unroll)."""
+    num_warps; "seq" and "vec": BLOCK_D, chunk, num_warps, unroll; "reg": BLOCK_D, chunk, num_warps) and register
+    caps. backward_only: just the "vec" and "reg" backwards' configurations after the default forward, and the caps
+    (the 8-position kernels' tuning, in a fraction of the time)."""
     names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
     names += ("FWD_VEC_BLOCK_D", "FWD_VEC_WARPS", "BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
-    names += ("BWD_KIND", "BWD_SEQ_BLOCK_D", "BWD_SEQ_CHUNK", "BWD_SEQ_WARPS", "BWD_SEQ_UNROLL")
+    names += ("BWD_KIND", "BWD_SEQ_BLOCK_D", "BWD_SEQ_CHUNK", "BWD_SEQ_WARPS", "BWD_SEQ_UNROLL", "BWD_MAXNREG")
+    names += ("FWD_VEC_MAXNREG", "BWD_REG_BLOCK_D", "BWD_REG_CHUNK", "BWD_REG_WARPS")
     saved = {name: getattr(triton_scan, name) for name in names}
     fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
     fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
     # ("vec", BLOCK_D, -, num_warps): the 8-position-tile forward; the first is triton_scan's FWD_VEC default
     fwd_configs += [("vec", 8, 0, 1), ("vec", 4, 0, 1), ("vec", 16, 0, 1), ("vec", 16, 0, 2), ("vec", 32, 0, 4)]
+    # (BWD_REG_BLOCK_D, BWD_REG_CHUNK, BWD_REG_WARPS) of the reg backward (version 8); the first is the default
+    bwd_reg_configs = [(8, 8, 1), (4, 8, 1), (8, 16, 1), (16, 8, 1), (16, 8, 2), (8, 8, 2)]
+    fwd_caps, bwd_caps = (96, 64), (168, 128)  # register caps (Triton's maxnreg) of the vec forward and backwards
     bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
     # (BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL); the first is triton_scan's default
     bwd_seq_configs = [(8, 32, 1, 4), (8, 16, 1, 4), (8, 64, 1, 4), (8, 32, 1, 1), (8, 32, 1, 8)]
-    bwd_seq_configs += [(4, 32, 1, 4), (16, 32, 1, 4), (16, 32, 2, 4), (32, 16, 4, 4)]
+    bwd_seq_configs += [(4, 32, 1, 4), (16, 32, 1, 4), (16, 32, 2, 4), (32, 16, 4, 4), (8, 32, 2, 4), (4, 64, 1, 4)]
     fn = triton_scan.triton_selective_scan
 
     def timed(label: str, backward: bool) -> None:
@@ -279,7 +299,7 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
 
-    for kind, block_d, block_l_or_unroll, warps in fwd_configs:
+    for kind, block_d, block_l_or_unroll, warps in [] if backward_only else fwd_configs:
         triton_scan.FWD_KIND = kind
         if kind == "tile":
             triton_scan.FWD_BLOCK_D, triton_scan.FWD_BLOCK_L, triton_scan.FWD_WARPS = block_d, block_l_or_unroll, warps
@@ -297,23 +317,26 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         if name.startswith("FWD_"):
             setattr(triton_scan, name, saved[name])
     triton_scan.BWD_KIND = "tile"
-    for seq_fwd in (False, True):  # the training forward with the tile kernel or the seq kernel
+    # the training forward with the tile kernel or the seq kernel
+    for seq_fwd in () if backward_only else (False, True):
         triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"
         for config in bwd_configs:
             triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
             timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config}", True)
     # Diagnostic: the same without the dB/dC atomics (wrong dB, dC), to see what the cross-program reduction costs.
     triton_scan.BWD_REDUCE_BC = False
-    for config in bwd_configs[:3]:
+    for config in [] if backward_only else bwd_configs[:3]:
         triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
         timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
     triton_scan.BWD_REDUCE_BC = True
     # Version 4 backward (one position per step) and version 7 (its 8-position steps; the unroll is unused there)
     # after the default forward.
     triton_scan.FWD_KIND = saved["FWD_KIND"]
-    for kind in ("seq", "vec"):
+    for kind in ("vec",) if backward_only else ("seq", "vec"):
         triton_scan.BWD_KIND = kind
         for config in bwd_seq_configs:
+            if kind == "vec" and config[3] != bwd_seq_configs[0][3]:
+                continue  # the unroll factor is unused by the vec kernel
             (
                 triton_scan.BWD_SEQ_BLOCK_D,
                 triton_scan.BWD_SEQ_CHUNK,
@@ -330,6 +353,25 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float]) -> None:
         ) = bwd_seq_configs[0]
         timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, {kind} bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
         triton_scan.BWD_REDUCE_BC = True
+    triton_scan.BWD_KIND = "reg"
+    for config in bwd_reg_configs:
+        triton_scan.BWD_REG_BLOCK_D, triton_scan.BWD_REG_CHUNK, triton_scan.BWD_REG_WARPS = config
+        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {config}", True)
+    triton_scan.BWD_REG_BLOCK_D, triton_scan.BWD_REG_CHUNK, triton_scan.BWD_REG_WARPS = bwd_reg_configs[0]
+    triton_scan.BWD_REDUCE_BC = False
+    timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {bwd_reg_configs[0]} WITHOUT dB/dC atomics", True)
+    triton_scan.BWD_REDUCE_BC = True
+    # Register caps: the vec forward alone, then the vec and reg backwards (default tiles) after the default forward.
+    for cap in fwd_caps:
+        triton_scan.FWD_VEC_MAXNREG = cap
+        timed(f"fwd vec, maxnreg {cap}", False)
+    triton_scan.FWD_VEC_MAXNREG = saved["FWD_VEC_MAXNREG"]
+    for kind in ("vec", "reg"):
+        triton_scan.BWD_KIND = kind
+        for cap in bwd_caps:
+            triton_scan.BWD_MAXNREG = cap
+            timed(f"fwd+bwd vec fwd, {kind} bwd (default tiles), maxnreg {cap}", True)
+    triton_scan.BWD_MAXNREG = saved["BWD_MAXNREG"]
     for name, value in saved.items():
         setattr(triton_scan, name, value)
 

@@ -42,10 +42,19 @@ one tile store of y; the seq kernel's sm_90 code loads each position right befor
 one load latency per position. Measured: the 16-scan fp32 forward 5.6 ms against the seq kernel's 14.7 and mamba-ssm's
 17.0 (3.05x), forward+backward 49.4 ms (1.38x; the backward, ~44 ms, is unchanged) (docs/performance.md, version 6).
 
-Version 7 backward, ``BWD_KIND = "vec"`` (the default since timed on an H100, 2026-12-07): the seq backward with its
+Version 7 backward, ``BWD_KIND = "vec"`` (the default on 2026-12-07, until version 8): the seq backward with its
 two per-position loops (state recompute, reverse walk) in 8-position steps, every operand of a step loaded as a tile
 before its arithmetic, the step's dB / dC rows added as one [N, 8] atomic each. Measured with the vec forward: 39.3 ms
 forward+backward for the 16 scans against mamba-ssm's 68.1 (1.73x); the backward 44 -> 34 ms.
+
+Version 8 backward, ``BWD_KIND = "reg"`` (the default since timed on an H100, 2026-12-07): version 7's arithmetic
+with every value in registers. The forward saves the state every 8 positions; the backward walks 8-position steps
+from the end, recomputes the step's 8 states from the saved one into registers, prefetches the next step's tiles
+before this step's arithmetic, and finishes du / ddelta per step, so the per-program scratch (a state per position
+written and read back through L2), its barriers and the separate prologue / epilogue passes are gone. Measured: 28.4
+ms forward+backward for the 16 scans against mamba-ssm's 68.4 and version 7's 40.7 in the same run (2.41x; 24.5 ms
+back to back, 2.77x); stage-0 backward 4.42 -> 2.45 ms under ncu (docs/performance.md, version 8). Cost: the saved
+states are 2 fp32 per channel-position (version 7: 0.5), +2.3 GiB of fp32 training memory for Mamba-UNet.
 
 Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
 """
@@ -86,15 +95,27 @@ FWD_KINDS = ("tile", "seq", "vec")
 # ~0.04 ms per stage-0 scan.
 FWD_BC_POSITION_MAJOR = True
 BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
-# Backward kernel (BWD_KIND): "vec" (version 7, the default: the seq kernel with its recompute and reverse-walk loops
-# in 8-position steps whose loads are issued together, like the vec forward; 1.73x mamba-ssm's forward+backward on an
-# H100, docs/performance.md, version 7), "seq" (version 4: one position per loop step, BWD_SEQ_BLOCK_D channels per
+# Backward kernel (BWD_KIND): "reg" (version 8, the default: below; 2.41x mamba-ssm's forward+backward on an H100),
+# "vec" (version 7: the seq kernel with its recompute and reverse-walk loops in 8-position steps whose loads are issued
+# together, like the vec forward; 1.73x, docs/performance.md, version 7), "seq" (version 4: one position per loop step, BWD_SEQ_BLOCK_D channels per
 # program, the states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch buffer) or "tile" (associative
 # scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the forward runs (it sets the checkpoint
 # spacing).
-BWD_KIND = "vec"
-BWD_KINDS = ("tile", "seq", "vec")
+BWD_KIND = "reg"
+BWD_KINDS = ("tile", "seq", "vec", "reg")
 BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4
+# BWD_KIND "reg" (version 8): version 7's arithmetic with every value in registers (no scratch), BWD_REG_BLOCK_D
+# channels per program in BWD_REG_WARPS warps; the forward saves a state every BWD_REG_CHUNK positions (a multiple of
+# 8; with more than 8 each step first carries the saved state over the chunk's earlier steps). Chunk 8 keeps
+# 2 fp32 per channel-position for the backward (at 32: 0.5). Swept on one H100 (16 scans, f+b ms): (8, 8, 1) 24.5,
+# (4, 8, 1) 24.8, (8, 16, 1) 26.5, (16, 8, 1) 26.9, (16, 8, 2) 36.5, (8, 8, 2) 43.5.
+BWD_REG_BLOCK_D, BWD_REG_CHUNK, BWD_REG_WARPS = 8, 8, 1
+# Register caps (Triton's maxnreg; None: the compiler's choice) of the vec forward and the seq/vec/reg backward. The
+# vec and reg backwards take 249 registers (ncu, stage 0), so one warp per program leaves 8 warps per SM; a cap trades
+# spills (local memory) for resident warps. Measured on one H100: no gain (reg backward 24.5 ms uncapped, 26.4 at
+# 168, 36.6 at 128; the vec forward 5.3 ms at 96, 6.4 at 64, ~5.4 uncapped).
+FWD_VEC_MAXNREG: int | None = None
+BWD_MAXNREG: int | None = None
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
 BWD_REDUCE_BC = True
 
@@ -877,6 +898,232 @@ if triton is not None:
         if HAS_BIAS:
             tl.atomic_add(dbias_ptr + chans, tl.sum(dbias_acc, axis=1), sem="relaxed")
 
+    @triton.jit
+    def _advance_eight(h, a_log2, dt_t, dtu_t, b_t):
+        """h [BLOCK_D, N] carried over the 8 positions of [BLOCK_D, 8] dt / dt u and [N, 8] B tiles."""
+        dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
+        du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(dtu_t)
+        b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_t)
+        h = _state_step(h, a_log2, dt0, du0, b0)
+        h = _state_step(h, a_log2, dt1, du1, b1)
+        h = _state_step(h, a_log2, dt2, du2, b2)
+        h = _state_step(h, a_log2, dt3, du3, b3)
+        h = _state_step(h, a_log2, dt4, du4, b4)
+        h = _state_step(h, a_log2, dt5, du5, b5)
+        h = _state_step(h, a_log2, dt6, du6, b6)
+        return _state_step(h, a_log2, dt7, du7, b7)
+
+    @triton.jit
+    def _scan_bwd_reg_kernel(
+        u_ptr,
+        delta_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        d_ptr,
+        bias_ptr,
+        dy_ptr,
+        state_ptr,
+        order_ptr,
+        du_ptr,
+        ddelta_ptr,
+        da_ptr,
+        db_ptr,
+        dc_ptr,
+        dd_ptr,
+        dbias_ptr,
+        dim,
+        u_channels,
+        length,
+        n_state,
+        channels_per_group,
+        n_groups,
+        n_tiles,
+        stride_u_batch,
+        stride_u_dim,
+        stride_delta_batch,
+        stride_delta_dim,
+        stride_b_batch,
+        stride_b_group,
+        stride_b_state,
+        stride_c_batch,
+        stride_c_group,
+        stride_c_state,
+        stride_b_pos,
+        stride_c_pos,
+        stride_dy_batch,
+        stride_dy_dim,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        REDUCE_BC: tl.constexpr,
+        REORDER: tl.constexpr,
+        N_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+    ):
+        """Backward in 8-position steps with every value in registers (version 8, "reg"): no scratch, no barriers.
+
+        The steps run from the sequence's end to its start. Per step: its u, delta, dy tiles ([BLOCK_D, 8]) and B, C
+        tiles ([N, 8]) arrive from the previous iteration's prefetch (the next step's loads are issued before this
+        step's arithmetic, so their latency hides behind it); the state at the step's start is the forward's saved
+        one (BLOCK_L = 8) or is carried there from the saved one over the earlier steps of its BLOCK_L chunk; the
+        step's 8 states are recomputed into registers; the reverse walk is version 7's (`_bwd_step`); dB / dC go out
+        as one [N, 8] atomic each; du, ddelta, dD and d(delta_bias) of the step are finished as tiles at once.
+        Against version 7 this drops the per-program scratch (per position a [BLOCK_D, N] state written and read
+        back through L2, and dt, dt u and the two sums over the states), its four barriers per chunk and the
+        chunk's separate prologue and epilogue passes."""
+        T: tl.constexpr = 8
+        pid_d = tl.program_id(0)
+        batch = tl.program_id(1)
+        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        group = (pid_d * BLOCK_D) // channels_per_group
+        states = tl.arange(0, N_PAD)
+        state_ok = states < n_state
+        steps = tl.arange(0, T)
+
+        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
+        a_mat = a_mat.to(tl.float32)
+        a_log2 = a_mat * 1.4426950408889634
+        if HAS_D:
+            d_skip = tl.load(d_ptr + chans).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + chans).to(tl.float32)
+        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
+        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
+        dy_rows = dy_ptr + batch * stride_dy_batch + chans[:, None] * stride_dy_dim
+        grad_rows = (batch * dim + chans[:, None]) * length  # du, ddelta: contiguous (batch, dim, L)
+        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
+        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
+        dbc_rows = (batch * n_groups + group) * length * n_state + states[:, None]  # position-major (batch, G, L, N)
+        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
+
+        g = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # dL/dh_t (through y_t and all later positions)
+        a_next = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # a_{t+1}; times g_{t+1} = 0 past the end
+        da_acc = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        dd_acc = tl.zeros([BLOCK_D, T], dtype=tl.float32)  # summed over the positions at the end
+        dbias_acc = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+
+        # The last step's tiles; positions past the end read u = delta = dy = B = C = 0 and get dt = 0 below (the
+        # state stays, g stays 0: they exist only at the sequence's end).
+        n_steps = tl.cdiv(length, T)
+        pos = (n_steps - 1) * T + steps
+        pos_ok = pos < length
+        mem = _memory_position(order_ptr, group, pos, length, REORDER)
+        bc_mask = state_ok[:, None] & pos_ok[None, :]
+        u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0)
+        x = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0)
+        dy = tl.load(dy_rows + mem[None, :], mask=pos_ok[None, :], other=0.0)
+        b_t = tl.load(b_rows + mem[None, :] * stride_b_pos, mask=bc_mask, other=0.0)
+        c_t = tl.load(c_rows + mem[None, :] * stride_c_pos, mask=bc_mask, other=0.0)
+        for jj in range(0, n_steps):
+            base = (n_steps - 1 - jj) * T
+            chunk_start = (base // BLOCK_L) * BLOCK_L
+            h = tl.load(state_rows + (base // BLOCK_L) * n_state, mask=state_ok[None, :], other=0.0)
+            # Prefetch the previous step's tiles (at the first step: the same tiles again, never used).
+            prev_pos = tl.maximum(base - T, 0) + steps
+            prev_ok = prev_pos < length  # all but a sequence shorter than one step
+            prev_mem = _memory_position(order_ptr, group, prev_pos, length, REORDER)
+            next_u = tl.load(u_rows + prev_mem[None, :], mask=prev_ok[None, :], other=0.0)
+            next_x = tl.load(delta_rows + prev_mem[None, :], mask=prev_ok[None, :], other=0.0)
+            next_dy = tl.load(dy_rows + prev_mem[None, :], mask=prev_ok[None, :], other=0.0)
+            prev_bc_ok = state_ok[:, None] & prev_ok[None, :]
+            next_b = tl.load(b_rows + prev_mem[None, :] * stride_b_pos, mask=prev_bc_ok, other=0.0)
+            next_c = tl.load(c_rows + prev_mem[None, :] * stride_c_pos, mask=prev_bc_ok, other=0.0)
+
+            pos_ok = base + steps < length
+            mem = _memory_position(order_ptr, group, base + steps, length, REORDER)
+            u_f = u.to(tl.float32)
+            x_f = x.to(tl.float32)
+            if HAS_BIAS:
+                x_f += bias[:, None]
+            dt_t = tl.where(pos_ok[None, :], _softplus(x_f), 0.0)
+            dtu_t = dt_t * u_f
+            b_f = b_t.to(tl.float32)
+            c_f = c_t.to(tl.float32)
+            dy_f = dy.to(tl.float32)
+            if BLOCK_L > T:  # carry the saved state from the chunk's start to this step's start
+                for s0 in range(chunk_start, base, T):
+                    s_mem = _memory_position(order_ptr, group, s0 + steps, length, REORDER)
+                    s_x = tl.load(delta_rows + s_mem[None, :]).to(tl.float32)
+                    if HAS_BIAS:
+                        s_x += bias[:, None]
+                    s_dt = _softplus(s_x)
+                    s_u = tl.load(u_rows + s_mem[None, :]).to(tl.float32)
+                    s_b = tl.load(b_rows + s_mem[None, :] * stride_b_pos, mask=state_ok[:, None], other=0.0)
+                    h = _advance_eight(h, a_log2, s_dt, s_dt * s_u, s_b.to(tl.float32))
+
+            dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
+            du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(dtu_t)
+            dy0, dy1, dy2, dy3, dy4, dy5, dy6, dy7 = _eight_columns(dy_f)
+            b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_f)
+            c0, c1, c2, c3, c4, c5, c6, c7 = _eight_columns(c_f)
+            # hp_k = h_{base + k - 1}: the state before position base + k; h ends as the step's last state.
+            hp0 = h
+            hp1 = _state_step(hp0, a_log2, dt0, du0, b0)
+            hp2 = _state_step(hp1, a_log2, dt1, du1, b1)
+            hp3 = _state_step(hp2, a_log2, dt2, du2, b2)
+            hp4 = _state_step(hp3, a_log2, dt3, du3, b3)
+            hp5 = _state_step(hp4, a_log2, dt4, du4, b4)
+            hp6 = _state_step(hp5, a_log2, dt5, du5, b5)
+            hp7 = _state_step(hp6, a_log2, dt6, du6, b6)
+            h = _state_step(hp7, a_log2, dt7, du7, b7)
+            g, a_next, da_acc, dc7, db7, gb7, gah7 = _bwd_step(
+                g, a_next, da_acc, h, hp7, dt7, du7, dy7, b7, c7, a_log2, a_mat
+            )
+            g, a_next, da_acc, dc6, db6, gb6, gah6 = _bwd_step(
+                g, a_next, da_acc, hp7, hp6, dt6, du6, dy6, b6, c6, a_log2, a_mat
+            )
+            g, a_next, da_acc, dc5, db5, gb5, gah5 = _bwd_step(
+                g, a_next, da_acc, hp6, hp5, dt5, du5, dy5, b5, c5, a_log2, a_mat
+            )
+            g, a_next, da_acc, dc4, db4, gb4, gah4 = _bwd_step(
+                g, a_next, da_acc, hp5, hp4, dt4, du4, dy4, b4, c4, a_log2, a_mat
+            )
+            g, a_next, da_acc, dc3, db3, gb3, gah3 = _bwd_step(
+                g, a_next, da_acc, hp4, hp3, dt3, du3, dy3, b3, c3, a_log2, a_mat
+            )
+            g, a_next, da_acc, dc2, db2, gb2, gah2 = _bwd_step(
+                g, a_next, da_acc, hp3, hp2, dt2, du2, dy2, b2, c2, a_log2, a_mat
+            )
+            g, a_next, da_acc, dc1, db1, gb1, gah1 = _bwd_step(
+                g, a_next, da_acc, hp2, hp1, dt1, du1, dy1, b1, c1, a_log2, a_mat
+            )
+            g, a_next, da_acc, dc0, db0, gb0, gah0 = _bwd_step(
+                g, a_next, da_acc, hp1, hp0, dt0, du0, dy0, b0, c0, a_log2, a_mat
+            )
+            if REDUCE_BC:
+                bc_mask = state_ok[:, None] & pos_ok[None, :]
+                bc_at = dbc_rows + mem[None, :] * n_state
+                dc_t = _join_eight_columns(dc0, dc1, dc2, dc3, dc4, dc5, dc6, dc7)
+                db_t = _join_eight_columns(db0, db1, db2, db3, db4, db5, db6, db7)
+                tl.atomic_add(dc_ptr + bc_at, dc_t, mask=bc_mask, sem="relaxed")
+                tl.atomic_add(db_ptr + bc_at, db_t, mask=bc_mask, sem="relaxed")
+            # du_t = dt_t sum_n g_t B_t + D dy_t; ddt_t = u_t sum_n g_t B_t + sum_n g_t a_t h_{t-1} A;
+            # ddelta_t = ddt_t softplus'(x_t) = ddt_t sigmoid(x_t) (softplus is the identity above 20).
+            gb_t = _join_eight_columns(gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7)
+            gah_t = _join_eight_columns(gah0, gah1, gah2, gah3, gah4, gah5, gah6, gah7)
+            du = dt_t * gb_t
+            if HAS_D:
+                du += d_skip[:, None] * dy_f
+                dd_acc += dy_f * u_f
+            ddt = u_f * gb_t + gah_t
+            ddelta = tl.where(pos_ok[None, :], tl.where(x_f > 20.0, ddt, ddt / (1.0 + tl.exp(-x_f))), 0.0)
+            if HAS_BIAS:
+                dbias_acc += ddelta
+            tl.store(du_ptr + grad_rows + mem[None, :], du.to(du_ptr.dtype.element_ty), mask=pos_ok[None, :])
+            tl.store(
+                ddelta_ptr + grad_rows + mem[None, :], ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok[None, :]
+            )
+            u, x, dy, b_t, c_t = next_u, next_x, next_dy, next_b, next_c
+
+        tl.atomic_add(
+            da_ptr + chans[:, None] * n_state + states[None, :], da_acc, mask=state_ok[None, :], sem="relaxed"
+        )
+        if HAS_D:
+            tl.atomic_add(dd_ptr + chans, tl.sum(dd_acc, axis=1), sem="relaxed")
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + chans, tl.sum(dbias_acc, axis=1), sem="relaxed")
+
 
 def _block_d(channels_per_group: int, preferred: int) -> int:
     """Largest power of two <= preferred dividing the group size: a channel block must sit inside one group."""
@@ -905,7 +1152,7 @@ def _bwd_chunk_preference() -> int:
     """The preferred backward tile length (= the training forward's checkpoint spacing) of the current BWD_KIND."""
     if BWD_KIND not in BWD_KINDS:
         raise ValueError(f"triton_scan.BWD_KIND must be one of {BWD_KINDS}, got {BWD_KIND!r}")
-    return BWD_BLOCK_L if BWD_KIND == "tile" else BWD_SEQ_CHUNK
+    return {"tile": BWD_BLOCK_L, "reg": BWD_REG_CHUNK}.get(BWD_KIND, BWD_SEQ_CHUNK)
 
 
 def _forward(
@@ -951,7 +1198,7 @@ def _forward(
         if save_state and block_l % 8:  # its 8-position steps must start every saved-state segment
             raise ValueError(f"FWD_KIND 'vec' saves states every 8k positions; the backward wants {block_l}")
         block_d, num_warps = _block_d(per_group, FWD_VEC_BLOCK_D), FWD_VEC_WARPS
-        kernel = _scan_fwd_vec_kernel
+        kernel, extra = _scan_fwd_vec_kernel, ({} if FWD_VEC_MAXNREG is None else {"maxnreg": FWD_VEC_MAXNREG})
     kernel[(dim // block_d, batch)](
         u,
         delta,
@@ -1008,10 +1255,13 @@ def _backward(
     kind: str = "tile",
     orders: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Launch the backward kernel of ``kind`` ("tile", "seq" or "vec") with the forward's tile length (the spacing of
+    """Launch the backward kernel of ``kind`` ("tile", "seq", "vec" or "reg") with the forward's tile length (the spacing of
     the saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), du in u's shape."""
     seq = kind in ("seq", "vec")  # "vec": the seq kernel with its two per-position loops in 8-position steps
-    block_d, num_warps = (BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS) if seq else (BWD_BLOCK_D, BWD_WARPS)
+    position_major = seq or kind == "reg"  # B, C and dB, dC one position's N values contiguous
+    block_d, num_warps = {"tile": (BWD_BLOCK_D, BWD_WARPS), "reg": (BWD_REG_BLOCK_D, BWD_REG_WARPS)}.get(
+        kind, (BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS)
+    )
     batch, dim, length = delta.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
@@ -1026,7 +1276,7 @@ def _backward(
     # Accumulated with atomics across programs: fp32 and zero-initialised. dB, dC: (batch, G, L, N) memory for seq (one
     # position's N values contiguous), (batch, G, N, L) for tile.
     da = torch.zeros((dim, n_state), device=u.device, dtype=torch.float32)
-    bc_shape = (batch, n_groups, length, n_state) if seq else (batch, n_groups, n_state, length)
+    bc_shape = (batch, n_groups, length, n_state) if position_major else (batch, n_groups, n_state, length)
     db = torch.zeros(bc_shape, device=u.device, dtype=torch.float32)
     dc = torch.zeros_like(db)
     dd = torch.zeros(dim, device=u.device, dtype=torch.float32)
@@ -1047,8 +1297,16 @@ def _backward(
         extra = {"SUB_L": sub_l, "UNROLL": BWD_SEQ_UNROLL, "VEC": kind == "vec"}
         kernel, extra_ptrs = _scan_bwd_seq_kernel, [scratch]
         pos_strides = [B.stride(3), C.stride(3)]
+    elif kind == "reg":
+        B, C = _position_major(B), _position_major(C)
+        if block_l % 8:
+            raise ValueError(f"triton_scan.BWD_REG_CHUNK must be a multiple of 8, got {block_l}")
+        kernel, extra_ptrs, extra = _scan_bwd_reg_kernel, [], {}
+        pos_strides = [B.stride(3), C.stride(3)]
     else:
         kernel, extra_ptrs, extra, pos_strides = _scan_bwd_kernel, [], {}, []
+    if BWD_MAXNREG is not None and kind != "tile":
+        extra["maxnreg"] = BWD_MAXNREG
     kernel[grid](
         u,
         delta,
@@ -1098,7 +1356,9 @@ def _backward(
         num_warps=num_warps,
         **extra,
     )
-    if seq:  # back to the (batch, G, N, L) shape (a transposed view; .to below copies only for a dtype change)
+    if (
+        position_major
+    ):  # back to the (batch, G, N, L) shape (a transposed view; .to below copies only for a dtype change)
         db, dc = db.transpose(2, 3), dc.transpose(2, 3)
     if shared_u:
         du = du.view(batch, dim // u.shape[1], u.shape[1], length).sum(dim=1).to(u.dtype)

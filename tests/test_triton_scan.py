@@ -124,15 +124,17 @@ def test_interpreter_matches_torch_scan(
         (torch.float64, 1, 8, 5, 4, 4, 2, 16, "vec", True),
     ],
 )
-@pytest.mark.parametrize("backward_kind", ["seq", "vec"])
+@pytest.mark.parametrize("backward_kind", ["seq", "vec", "reg"])
 def test_interpreter_seq_backward_matches_torch_scan(
     monkeypatch, dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias, backward_kind
 ):
-    """The seq backward and its 8-position-step variant ("vec"): chunks of 8 and 16 (one or two steps), partial last
-    chunks and steps."""
+    """The seq backward, its 8-position-step variant ("vec") and the all-register one ("reg"): chunks of 8 and 16
+    (one or two steps), partial last chunks and steps."""
     monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", block_d)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", chunk)
+    monkeypatch.setattr(triton_scan, "BWD_REG_BLOCK_D", block_d)
+    monkeypatch.setattr(triton_scan, "BWD_REG_CHUNK", chunk)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_UNROLL", 3)  # a remainder in every chunk (ignored by the interpreter)
     monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
     inputs = make_inputs(5, batch, dim, length, d_state, groups, dtype)
@@ -177,6 +179,8 @@ def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):
         ("seq", "seq", 4, "ss2d"),
         ("vec", "seq", 4, "ss2d"),  # 35 positions: four 8-position steps and a partial fifth
         ("vec", "vec", 4, "ss2d"),  # the vec backward: chunks 16 + 16 + 3, its last step partial
+        ("vec", "reg", 4, "ss2d"),  # the reg backward: chunks of 16 = two steps, the first carried over
+        ("seq", "reg", 1, "random"),
         ("seq", "vec", 1, "random"),
         ("vec", "tile", 1, "random"),
         ("seq", "tile", 2, "pair"),  # "pair": 2 copies of u, each walked forward and backward
@@ -193,6 +197,8 @@ def test_interpreter_orders_match_gathered_torch_scan(monkeypatch, forward_kind,
     monkeypatch.setattr(triton_scan, "BWD_BLOCK_L", 16)  # tiles 16 + 16 + 3: a partial last tile
     monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 16)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", 2)  # 2 programs per group
+    monkeypatch.setattr(triton_scan, "BWD_REG_CHUNK", 16)
+    monkeypatch.setattr(triton_scan, "BWD_REG_BLOCK_D", 2)
     batch, dim, groups, height, width = 1, 16, 4, 5, 7
     length = height * width
     inputs = make_inputs(7, batch, dim, length, 4, groups, torch.float32)
@@ -265,13 +271,18 @@ def test_unknown_backward_kind_raises(monkeypatch):
     y = triton_scan.triton_selective_scan(*inputs)
     with pytest.raises(ValueError, match="at least 8 for BWD_KIND 'vec'"):
         y.sum().backward()
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "reg")
+    monkeypatch.setattr(triton_scan, "BWD_REG_CHUNK", 12)  # states every 12 positions: not whole 8-position steps
+    y = triton_scan.triton_selective_scan(*inputs)
+    with pytest.raises(ValueError, match="BWD_REG_CHUNK must be a multiple of 8"):
+        y.sum().backward()
 
 
 @pytest.mark.skipif(not (ON_GPU and mamba_ssm_available()), reason="needs CUDA, Triton and mamba-ssm")
 @pytest.mark.parametrize(
     "forward_kind, backward_kind",
-    [("seq", "tile"), ("seq", "seq"), ("vec", "seq"), ("vec", "vec")],
-    ids=["tile", "seq", "vec-seq", "vec-vec"],
+    [("seq", "tile"), ("seq", "seq"), ("vec", "seq"), ("vec", "vec"), ("vec", "reg")],
+    ids=["tile", "seq", "vec-seq", "vec-vec", "vec-reg"],
 )
 @pytest.mark.parametrize("d_inner, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
 def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, forward_kind, backward_kind, d_inner, side):

@@ -19,12 +19,13 @@ one position per step), "vec" (version 7, the seq kernel in 8-position steps) or
 everything in registers).
 
 "tri-seq" rows run the Triton scan with the one-position-per-step forward (``FWD_KIND = "seq"``, the default before
-version 6 in docs/performance.md), the backward unchanged, beside the default's "triton" rows (the 8-position-tile
-"vec" forward). "tri-vec" rows run the default forward with the version-7 backward (``BWD_KIND = "vec"``, the
-previous default) beside the default's (version 8, everything in registers). "tri-pair" and "tri-index" rows run the Triton kernel as SS2D's fused
-cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4 directions; see
-mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions sharing a copy and, for
-"index", the strided reads of the column-major directions; their GB/s use the same byte counts as the other rows.
+version 6 in docs/performance.md), the backward unchanged, beside the default's "triton" rows (the 8-position-tile "vec"
+forward). "tri-vec" rows run the default forward with the version-7 backward (``BWD_KIND = "vec"``, the previous
+default) beside the default's (version 8, everything in registers). "tri-pair" and "tri-index" rows run the Triton
+kernel as SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4
+directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions sharing a copy
+and, for "index", the strided reads of the column-major directions; their GB/s use the same byte counts as the other
+rows.
 """
 
 from __future__ import annotations

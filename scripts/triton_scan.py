@@ -97,10 +97,10 @@ FWD_BC_POSITION_MAJOR = True
 BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
 # Backward kernel (BWD_KIND): "reg" (version 8, the default: below; 2.41x mamba-ssm's forward+backward on an H100),
 # "vec" (version 7: the seq kernel with its recompute and reverse-walk loops in 8-position steps whose loads are issued
-# together, like the vec forward; 1.73x, docs/performance.md, version 7), "seq" (version 4: one position per loop step, BWD_SEQ_BLOCK_D channels per
-# program, the states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch buffer) or "tile" (associative
-# scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the forward runs (it sets the checkpoint
-# spacing).
+# together, like the vec forward; 1.73x, docs/performance.md, version 7), "seq" (version 4: one position per loop step,
+# BWD_SEQ_BLOCK_D channels per program, the states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch
+# buffer) or "tile" (associative scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the forward
+# runs (it sets the checkpoint spacing).
 BWD_KIND = "reg"
 BWD_KINDS = ("tile", "seq", "vec", "reg")
 BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4

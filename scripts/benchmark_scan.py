@@ -13,7 +13,8 @@ sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
 --sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first; --sweep bwd only
-those of the 8-position-step backwards (vec, reg) and the register caps, and nothing else.
+those of the 8-position-step backwards (vec, reg) and the register caps, and nothing else; --sweep reg only the reg
+backward's (with per-stage times).
 --bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans), "seq" (version 4,
 one position per step), "vec" (version 7, the seq kernel in 8-position steps) or "reg" (version 8, version 7 with
 everything in registers).
@@ -173,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--sweep",
         nargs="?",
         const="all",
-        choices=("all", "bwd"),
-        help="time tile configurations of the Triton kernels first (bwd: only the vec and reg backwards')",
+        choices=("all", "bwd", "reg"),
+        help="time tile configurations of the Triton kernels first (bwd: only the vec and reg backwards', reg: only "
+        "the reg backward's)",
     )
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
     parser.add_argument(
@@ -220,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     if args.sweep:
-        sweep(time_backend, backward_only=args.sweep == "bwd")
-        if args.sweep == "bwd":
+        sweep(time_backend, backward_only=args.sweep != "all", reg_only=args.sweep == "reg")
+        if args.sweep != "all":
             return
 
     backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
@@ -270,23 +272,31 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
     )
 
 
-def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False) -> None:
+def sweep(
+    time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False, reg_only: bool = False
+) -> None:
     """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
     BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward kernels ("tile": BLOCK_D, BLOCK_L,
     num_warps; "seq" and "vec": BLOCK_D, chunk, num_warps, unroll; "reg": BLOCK_D, chunk, num_warps) and register
     caps. backward_only: just the "vec" and "reg" backwards' configurations after the default forward, and the caps
-    (the 8-position kernels' tuning, in a fraction of the time)."""
+    (the 8-position kernels' tuning, in a fraction of the time); reg_only: just the reg backward's."""
     names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
     names += ("FWD_VEC_BLOCK_D", "FWD_VEC_WARPS", "BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
     names += ("BWD_KIND", "BWD_SEQ_BLOCK_D", "BWD_SEQ_CHUNK", "BWD_SEQ_WARPS", "BWD_SEQ_UNROLL", "BWD_MAXNREG")
-    names += ("FWD_VEC_MAXNREG", "BWD_REG_BLOCK_D", "BWD_REG_CHUNK", "BWD_REG_WARPS")
+    names += ("FWD_VEC_MAXNREG", "BWD_REG_BLOCK_D", "BWD_REG_CHUNK", "BWD_REG_WARPS", "BWD_REG_STEP")
     saved = {name: getattr(triton_scan, name) for name in names}
     fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
     fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
     # ("vec", BLOCK_D, -, num_warps): the 8-position-tile forward; the first is triton_scan's FWD_VEC default
     fwd_configs += [("vec", 8, 0, 1), ("vec", 4, 0, 1), ("vec", 16, 0, 1), ("vec", 16, 0, 2), ("vec", 32, 0, 4)]
-    # (BWD_REG_BLOCK_D, BWD_REG_CHUNK, BWD_REG_WARPS) of the reg backward (version 8); the first is the default
-    bwd_reg_configs = [(8, 8, 1), (4, 8, 1), (8, 16, 1), (16, 8, 1), (16, 8, 2), (8, 8, 2)]
+    # (BWD_REG_BLOCK_D, BWD_REG_CHUNK, BWD_REG_WARPS, BWD_REG_STEP) of the reg backward (version 8); the first is the
+    # default. Offline (sm_90, stage 0): (8, 8, 1, 8) 255 registers; (16, 8, 1, 4) 247 with half the shuffles per
+    # channel; (8, 8, 1, 4) 167.
+    bwd_reg_configs = [(8, 8, 1, 8), (4, 8, 1, 8), (8, 16, 1, 8), (16, 8, 1, 8), (16, 8, 1, 4), (8, 8, 1, 4)]
+    bwd_reg_configs += [(16, 16, 1, 4), (32, 8, 2, 4)]
+    # caps of the reg backward: 224 registers leave 9 one-warp programs per SM (8 uncapped): stage 0's 2,304
+    # programs then fit 2 waves instead of 2.2 (offline: 13 spill loads per step at 224, 100 at 168)
+    reg_caps = (224, 200, 184)  # 9, 10 and 11 resident programs per SM
     fwd_caps, bwd_caps = (96, 64), (168, 128)  # register caps (Triton's maxnreg) of the vec forward and backwards
     bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
     # (BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL); the first is triton_scan's default
@@ -294,9 +304,13 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     bwd_seq_configs += [(4, 32, 1, 4), (16, 32, 1, 4), (16, 32, 2, 4), (32, 16, 4, 4), (8, 32, 2, 4), (4, 64, 1, 4)]
     fn = triton_scan.triton_selective_scan
 
-    def timed(label: str, backward: bool) -> None:
+    def timed(label: str, backward: bool, per_stage: bool = False) -> None:
+        """One line: the 16 scans back to back; per_stage adds each stage's 4 scans (the tail-wave effects differ)."""
         try:
-            print(f"sweep {label}: {time_backend(fn, None, backward):.3f} ms", flush=True)
+            line = f"sweep {label}: {time_backend(fn, None, backward):.3f} ms"
+            if per_stage:
+                line += " (stages " + " / ".join(f"{time_backend(fn, s, backward):.3f}" for s in range(4)) + ")"
+            print(line, flush=True)
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
 
@@ -333,7 +347,7 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     # Version 4 backward (one position per step) and version 7 (its 8-position steps; the unroll is unused there)
     # after the default forward.
     triton_scan.FWD_KIND = saved["FWD_KIND"]
-    for kind in ("vec",) if backward_only else ("seq", "vec"):
+    for kind in () if reg_only else ("vec",) if backward_only else ("seq", "vec"):
         triton_scan.BWD_KIND = kind
         for config in bwd_seq_configs:
             if kind == "vec" and config[3] != bwd_seq_configs[0][3]:
@@ -355,19 +369,26 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
         timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, {kind} bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
         triton_scan.BWD_REDUCE_BC = True
     triton_scan.BWD_KIND = "reg"
+    reg_names = ("BWD_REG_BLOCK_D", "BWD_REG_CHUNK", "BWD_REG_WARPS", "BWD_REG_STEP")
     for config in bwd_reg_configs:
-        triton_scan.BWD_REG_BLOCK_D, triton_scan.BWD_REG_CHUNK, triton_scan.BWD_REG_WARPS = config
-        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {config}", True)
-    triton_scan.BWD_REG_BLOCK_D, triton_scan.BWD_REG_CHUNK, triton_scan.BWD_REG_WARPS = bwd_reg_configs[0]
+        for name, value in zip(reg_names, config):
+            setattr(triton_scan, name, value)
+        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {config}", True, per_stage=True)
+    for name, value in zip(reg_names, bwd_reg_configs[0]):
+        setattr(triton_scan, name, value)
     triton_scan.BWD_REDUCE_BC = False
     timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {bwd_reg_configs[0]} WITHOUT dB/dC atomics", True)
     triton_scan.BWD_REDUCE_BC = True
+    for cap in reg_caps:
+        triton_scan.BWD_MAXNREG = cap
+        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {bwd_reg_configs[0]}, maxnreg {cap}", True, per_stage=True)
+    triton_scan.BWD_MAXNREG = saved["BWD_MAXNREG"]
     # Register caps: the vec forward alone, then the vec and reg backwards (default tiles) after the default forward.
-    for cap in fwd_caps:
+    for cap in () if reg_only else fwd_caps:
         triton_scan.FWD_VEC_MAXNREG = cap
         timed(f"fwd vec, maxnreg {cap}", False)
     triton_scan.FWD_VEC_MAXNREG = saved["FWD_VEC_MAXNREG"]
-    for kind in ("vec", "reg"):
+    for kind in () if reg_only else ("vec",):
         triton_scan.BWD_KIND = kind
         for cap in bwd_caps:
             triton_scan.BWD_MAXNREG = cap

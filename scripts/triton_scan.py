@@ -110,6 +110,9 @@ BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4
 # 2 fp32 per channel-position for the backward (at 32: 0.5). Swept on one H100 (16 scans, f+b ms): (8, 8, 1) 24.5,
 # (4, 8, 1) 24.8, (8, 16, 1) 26.5, (16, 8, 1) 26.9, (16, 8, 2) 36.5, (8, 8, 2) 43.5.
 BWD_REG_BLOCK_D, BWD_REG_CHUNK, BWD_REG_WARPS = 8, 8, 1
+# Positions per step of the reg backward: 8, or 4 (half the recomputed states live at once, so 16 channels per warp
+# fit in the registers: fewer shuffles per channel in the reductions over the channels; not yet timed on a GPU).
+BWD_REG_STEP = 8
 # Register caps (Triton's maxnreg; None: the compiler's choice) of the vec forward and the seq/vec/reg backward. The
 # vec and reg backwards take 249 registers (ncu, stage 0), so one warp per program leaves 8 warps per SM; a cap trades
 # spills (local memory) for resident warps. Measured on one H100: no gain (reg backward 24.5 ms uncapped, 26.4 at
@@ -261,6 +264,19 @@ if triton is not None:
         x0 = tl.reshape(tl.join(y00, y01), [c0.shape[0], 4])
         x1 = tl.reshape(tl.join(y10, y11), [c0.shape[0], 4])
         return tl.reshape(tl.join(x0, x1), [c0.shape[0], 8])
+
+    @triton.jit
+    def _four_columns(tile):
+        """[R, 4] -> its 4 columns, each [R] (as _eight_columns)."""
+        x0, x1 = tl.split(tl.reshape(tile, [tile.shape[0], 2, 2]))  # x_j[r, i] = tile[r, 2 i + j]
+        c0, c2 = tl.split(x0)
+        c1, c3 = tl.split(x1)
+        return c0, c1, c2, c3
+
+    @triton.jit
+    def _join_four_columns(c0, c1, c2, c3):
+        """The inverse of _four_columns: 4 [R] columns -> [R, 4]."""
+        return tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [c0.shape[0], 4])
 
     @triton.jit
     def _state_step(h, a_log2, dt, dtu, b_col):
@@ -899,6 +915,108 @@ if triton is not None:
             tl.atomic_add(dbias_ptr + chans, tl.sum(dbias_acc, axis=1), sem="relaxed")
 
     @triton.jit
+    def _reg_walk_eight(g, a_next, da_acc, h, a_log2, a_mat, dt_t, dtu_t, dy_t, b_t, c_t):
+        """One 8-position step of the reg backward: the step's states recomputed from h (the state before it) into
+        registers, then the reverse walk (`_bwd_step`) from its last position to its first. dt_t, dtu_t, dy_t:
+        [BLOCK_D, 8]; b_t, c_t: [N, 8]. Returns (g, a_next, da_acc, dC [N, 8], dB [N, 8], sum_n g B [BLOCK_D, 8],
+        sum_n g a h_prev A [BLOCK_D, 8])."""
+        dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
+        du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(dtu_t)
+        dy0, dy1, dy2, dy3, dy4, dy5, dy6, dy7 = _eight_columns(dy_t)
+        b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_t)
+        c0, c1, c2, c3, c4, c5, c6, c7 = _eight_columns(c_t)
+        # hp_k = h_{base + k - 1}: the state before position base + k; h ends as the step's last state.
+        hp0 = h
+        hp1 = _state_step(hp0, a_log2, dt0, du0, b0)
+        hp2 = _state_step(hp1, a_log2, dt1, du1, b1)
+        hp3 = _state_step(hp2, a_log2, dt2, du2, b2)
+        hp4 = _state_step(hp3, a_log2, dt3, du3, b3)
+        hp5 = _state_step(hp4, a_log2, dt4, du4, b4)
+        hp6 = _state_step(hp5, a_log2, dt5, du5, b5)
+        hp7 = _state_step(hp6, a_log2, dt6, du6, b6)
+        h = _state_step(hp7, a_log2, dt7, du7, b7)
+        g, a_next, da_acc, dc7, db7, gb7, gah7 = _bwd_step(
+            g, a_next, da_acc, h, hp7, dt7, du7, dy7, b7, c7, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc6, db6, gb6, gah6 = _bwd_step(
+            g, a_next, da_acc, hp7, hp6, dt6, du6, dy6, b6, c6, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc5, db5, gb5, gah5 = _bwd_step(
+            g, a_next, da_acc, hp6, hp5, dt5, du5, dy5, b5, c5, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc4, db4, gb4, gah4 = _bwd_step(
+            g, a_next, da_acc, hp5, hp4, dt4, du4, dy4, b4, c4, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc3, db3, gb3, gah3 = _bwd_step(
+            g, a_next, da_acc, hp4, hp3, dt3, du3, dy3, b3, c3, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc2, db2, gb2, gah2 = _bwd_step(
+            g, a_next, da_acc, hp3, hp2, dt2, du2, dy2, b2, c2, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc1, db1, gb1, gah1 = _bwd_step(
+            g, a_next, da_acc, hp2, hp1, dt1, du1, dy1, b1, c1, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc0, db0, gb0, gah0 = _bwd_step(
+            g, a_next, da_acc, hp1, hp0, dt0, du0, dy0, b0, c0, a_log2, a_mat
+        )
+        return (
+            g,
+            a_next,
+            da_acc,
+            _join_eight_columns(dc0, dc1, dc2, dc3, dc4, dc5, dc6, dc7),
+            _join_eight_columns(db0, db1, db2, db3, db4, db5, db6, db7),
+            _join_eight_columns(gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7),
+            _join_eight_columns(gah0, gah1, gah2, gah3, gah4, gah5, gah6, gah7),
+        )
+
+    @triton.jit
+    def _reg_walk_four(g, a_next, da_acc, h, a_log2, a_mat, dt_t, dtu_t, dy_t, b_t, c_t):
+        """_reg_walk_eight for a 4-position step ([BLOCK_D, 4] and [N, 4] tiles): half the states live at once, so
+        a program can hold twice the channels in the same registers."""
+        dt0, dt1, dt2, dt3 = _four_columns(dt_t)
+        du0, du1, du2, du3 = _four_columns(dtu_t)
+        dy0, dy1, dy2, dy3 = _four_columns(dy_t)
+        b0, b1, b2, b3 = _four_columns(b_t)
+        c0, c1, c2, c3 = _four_columns(c_t)
+        hp0 = h
+        hp1 = _state_step(hp0, a_log2, dt0, du0, b0)
+        hp2 = _state_step(hp1, a_log2, dt1, du1, b1)
+        hp3 = _state_step(hp2, a_log2, dt2, du2, b2)
+        h = _state_step(hp3, a_log2, dt3, du3, b3)
+        g, a_next, da_acc, dc3, db3, gb3, gah3 = _bwd_step(
+            g, a_next, da_acc, h, hp3, dt3, du3, dy3, b3, c3, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc2, db2, gb2, gah2 = _bwd_step(
+            g, a_next, da_acc, hp3, hp2, dt2, du2, dy2, b2, c2, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc1, db1, gb1, gah1 = _bwd_step(
+            g, a_next, da_acc, hp2, hp1, dt1, du1, dy1, b1, c1, a_log2, a_mat
+        )
+        g, a_next, da_acc, dc0, db0, gb0, gah0 = _bwd_step(
+            g, a_next, da_acc, hp1, hp0, dt0, du0, dy0, b0, c0, a_log2, a_mat
+        )
+        return (
+            g,
+            a_next,
+            da_acc,
+            _join_four_columns(dc0, dc1, dc2, dc3),
+            _join_four_columns(db0, db1, db2, db3),
+            _join_four_columns(gb0, gb1, gb2, gb3),
+            _join_four_columns(gah0, gah1, gah2, gah3),
+        )
+
+    @triton.jit
+    def _advance_four(h, a_log2, dt_t, dtu_t, b_t):
+        """h [BLOCK_D, N] carried over the 4 positions of [BLOCK_D, 4] dt / dt u and [N, 4] B tiles."""
+        dt0, dt1, dt2, dt3 = _four_columns(dt_t)
+        du0, du1, du2, du3 = _four_columns(dtu_t)
+        b0, b1, b2, b3 = _four_columns(b_t)
+        h = _state_step(h, a_log2, dt0, du0, b0)
+        h = _state_step(h, a_log2, dt1, du1, b1)
+        h = _state_step(h, a_log2, dt2, du2, b2)
+        return _state_step(h, a_log2, dt3, du3, b3)
+
+    @triton.jit
     def _advance_eight(h, a_log2, dt_t, dtu_t, b_t):
         """h [BLOCK_D, N] carried over the 8 positions of [BLOCK_D, 8] dt / dt u and [N, 8] B tiles."""
         dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
@@ -960,19 +1078,21 @@ if triton is not None:
         N_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
+        T: tl.constexpr,
     ):
-        """Backward in 8-position steps with every value in registers (version 8, "reg"): no scratch, no barriers.
+        """Backward in T-position steps (T = 8, or 4) with every value in registers (version 8, "reg"): no scratch,
+        no barriers.
 
-        The steps run from the sequence's end to its start. Per step: its u, delta, dy tiles ([BLOCK_D, 8]) and B, C
-        tiles ([N, 8]) arrive from the previous iteration's prefetch (the next step's loads are issued before this
+        The steps run from the sequence's end to its start. Per step: its u, delta, dy tiles ([BLOCK_D, T]) and B, C
+        tiles ([N, T]) arrive from the previous iteration's prefetch (the next step's loads are issued before this
         step's arithmetic, so their latency hides behind it); the state at the step's start is the forward's saved
-        one (BLOCK_L = 8) or is carried there from the saved one over the earlier steps of its BLOCK_L chunk; the
-        step's 8 states are recomputed into registers; the reverse walk is version 7's (`_bwd_step`); dB / dC go out
-        as one [N, 8] atomic each; du, ddelta, dD and d(delta_bias) of the step are finished as tiles at once.
+        one (BLOCK_L = T) or is carried there from the saved one over the earlier steps of its BLOCK_L chunk; the
+        step's T states are recomputed into registers and walked in reverse (`_reg_walk_eight` / `_reg_walk_four`,
+        version 7's `_bwd_step` per position); dB / dC go out as one [N, T] atomic each; du, ddelta, dD and
+        d(delta_bias) of the step are finished as tiles at once.
         Against version 7 this drops the per-program scratch (per position a [BLOCK_D, N] state written and read
         back through L2, and dt, dt u and the two sums over the states), its four barriers per chunk and the
         chunk's separate prologue and epilogue passes."""
-        T: tl.constexpr = 8
         pid_d = tl.program_id(0)
         batch = tl.program_id(1)
         chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -1050,58 +1170,26 @@ if triton is not None:
                     s_dt = _softplus(s_x)
                     s_u = tl.load(u_rows + s_mem[None, :]).to(tl.float32)
                     s_b = tl.load(b_rows + s_mem[None, :] * stride_b_pos, mask=state_ok[:, None], other=0.0)
-                    h = _advance_eight(h, a_log2, s_dt, s_dt * s_u, s_b.to(tl.float32))
+                    if T == 8:
+                        h = _advance_eight(h, a_log2, s_dt, s_dt * s_u, s_b.to(tl.float32))
+                    else:
+                        h = _advance_four(h, a_log2, s_dt, s_dt * s_u, s_b.to(tl.float32))
 
-            dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
-            du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(dtu_t)
-            dy0, dy1, dy2, dy3, dy4, dy5, dy6, dy7 = _eight_columns(dy_f)
-            b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_f)
-            c0, c1, c2, c3, c4, c5, c6, c7 = _eight_columns(c_f)
-            # hp_k = h_{base + k - 1}: the state before position base + k; h ends as the step's last state.
-            hp0 = h
-            hp1 = _state_step(hp0, a_log2, dt0, du0, b0)
-            hp2 = _state_step(hp1, a_log2, dt1, du1, b1)
-            hp3 = _state_step(hp2, a_log2, dt2, du2, b2)
-            hp4 = _state_step(hp3, a_log2, dt3, du3, b3)
-            hp5 = _state_step(hp4, a_log2, dt4, du4, b4)
-            hp6 = _state_step(hp5, a_log2, dt5, du5, b5)
-            hp7 = _state_step(hp6, a_log2, dt6, du6, b6)
-            h = _state_step(hp7, a_log2, dt7, du7, b7)
-            g, a_next, da_acc, dc7, db7, gb7, gah7 = _bwd_step(
-                g, a_next, da_acc, h, hp7, dt7, du7, dy7, b7, c7, a_log2, a_mat
-            )
-            g, a_next, da_acc, dc6, db6, gb6, gah6 = _bwd_step(
-                g, a_next, da_acc, hp7, hp6, dt6, du6, dy6, b6, c6, a_log2, a_mat
-            )
-            g, a_next, da_acc, dc5, db5, gb5, gah5 = _bwd_step(
-                g, a_next, da_acc, hp6, hp5, dt5, du5, dy5, b5, c5, a_log2, a_mat
-            )
-            g, a_next, da_acc, dc4, db4, gb4, gah4 = _bwd_step(
-                g, a_next, da_acc, hp5, hp4, dt4, du4, dy4, b4, c4, a_log2, a_mat
-            )
-            g, a_next, da_acc, dc3, db3, gb3, gah3 = _bwd_step(
-                g, a_next, da_acc, hp4, hp3, dt3, du3, dy3, b3, c3, a_log2, a_mat
-            )
-            g, a_next, da_acc, dc2, db2, gb2, gah2 = _bwd_step(
-                g, a_next, da_acc, hp3, hp2, dt2, du2, dy2, b2, c2, a_log2, a_mat
-            )
-            g, a_next, da_acc, dc1, db1, gb1, gah1 = _bwd_step(
-                g, a_next, da_acc, hp2, hp1, dt1, du1, dy1, b1, c1, a_log2, a_mat
-            )
-            g, a_next, da_acc, dc0, db0, gb0, gah0 = _bwd_step(
-                g, a_next, da_acc, hp1, hp0, dt0, du0, dy0, b0, c0, a_log2, a_mat
-            )
+            if T == 8:
+                g, a_next, da_acc, dc_t, db_t, gb_t, gah_t = _reg_walk_eight(
+                    g, a_next, da_acc, h, a_log2, a_mat, dt_t, dtu_t, dy_f, b_f, c_f
+                )
+            else:
+                g, a_next, da_acc, dc_t, db_t, gb_t, gah_t = _reg_walk_four(
+                    g, a_next, da_acc, h, a_log2, a_mat, dt_t, dtu_t, dy_f, b_f, c_f
+                )
             if REDUCE_BC:
                 bc_mask = state_ok[:, None] & pos_ok[None, :]
                 bc_at = dbc_rows + mem[None, :] * n_state
-                dc_t = _join_eight_columns(dc0, dc1, dc2, dc3, dc4, dc5, dc6, dc7)
-                db_t = _join_eight_columns(db0, db1, db2, db3, db4, db5, db6, db7)
                 tl.atomic_add(dc_ptr + bc_at, dc_t, mask=bc_mask, sem="relaxed")
                 tl.atomic_add(db_ptr + bc_at, db_t, mask=bc_mask, sem="relaxed")
             # du_t = dt_t sum_n g_t B_t + D dy_t; ddt_t = u_t sum_n g_t B_t + sum_n g_t a_t h_{t-1} A;
             # ddelta_t = ddt_t softplus'(x_t) = ddt_t sigmoid(x_t) (softplus is the identity above 20).
-            gb_t = _join_eight_columns(gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7)
-            gah_t = _join_eight_columns(gah0, gah1, gah2, gah3, gah4, gah5, gah6, gah7)
             du = dt_t * gb_t
             if HAS_D:
                 du += d_skip[:, None] * dy_f
@@ -1301,7 +1389,9 @@ def _backward(
         B, C = _position_major(B), _position_major(C)
         if block_l % 8:
             raise ValueError(f"triton_scan.BWD_REG_CHUNK must be a multiple of 8, got {block_l}")
-        kernel, extra_ptrs, extra = _scan_bwd_reg_kernel, [], {}
+        if BWD_REG_STEP not in (4, 8):
+            raise ValueError(f"triton_scan.BWD_REG_STEP must be 4 or 8, got {BWD_REG_STEP}")
+        kernel, extra_ptrs, extra = _scan_bwd_reg_kernel, [], {"T": BWD_REG_STEP}
         pos_strides = [B.stride(3), C.stride(3)]
     else:
         kernel, extra_ptrs, extra, pos_strides = _scan_bwd_kernel, [], {}, []

@@ -107,6 +107,12 @@ def test_interpreter_matches_torch_scan(
         assert rel_err(triton_scan.triton_selective_scan(*inputs), ref[0]) < 1e-5
 
 
+def set_backward_kind(monkeypatch, backward_kind):
+    """BWD_KIND, with "reg4" for the reg backward in 4-position steps (BWD_REG_STEP = 4)."""
+    monkeypatch.setattr(triton_scan, "BWD_KIND", "reg" if backward_kind == "reg4" else backward_kind)
+    monkeypatch.setattr(triton_scan, "BWD_REG_STEP", 4 if backward_kind == "reg4" else 8)
+
+
 @pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
 @pytest.mark.parametrize(
     "dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias",
@@ -124,13 +130,14 @@ def test_interpreter_matches_torch_scan(
         (torch.float64, 1, 8, 5, 4, 4, 2, 16, "vec", True),
     ],
 )
-@pytest.mark.parametrize("backward_kind", ["seq", "vec", "reg"])
+@pytest.mark.parametrize("backward_kind", ["seq", "vec", "reg", "reg4"])
 def test_interpreter_seq_backward_matches_torch_scan(
     monkeypatch, dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias, backward_kind
 ):
-    """The seq backward, its 8-position-step variant ("vec") and the all-register one ("reg"): chunks of 8 and 16
-    (one or two steps), partial last chunks and steps."""
-    monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
+    """The seq backward, its 8-position-step variant ("vec") and the all-register one ("reg", "reg4": 4-position
+    steps, so every second step carries the saved state): chunks of 8 and 16 (one or two steps), partial last chunks
+    and steps."""
+    set_backward_kind(monkeypatch, backward_kind)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", block_d)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", chunk)
     monkeypatch.setattr(triton_scan, "BWD_REG_BLOCK_D", block_d)
@@ -181,6 +188,7 @@ def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):
         ("vec", "vec", 4, "ss2d"),  # the vec backward: chunks 16 + 16 + 3, its last step partial
         ("vec", "reg", 4, "ss2d"),  # the reg backward: chunks of 16 = two steps, the first carried over
         ("seq", "reg", 1, "random"),
+        ("vec", "reg4", 4, "ss2d"),
         ("seq", "vec", 1, "random"),
         ("vec", "tile", 1, "random"),
         ("seq", "tile", 2, "pair"),  # "pair": 2 copies of u, each walked forward and backward
@@ -193,7 +201,7 @@ def test_interpreter_orders_match_gathered_torch_scan(monkeypatch, forward_kind,
     from scripts.networks.mamba_unet import _direction_orders
 
     monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
-    monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
+    set_backward_kind(monkeypatch, backward_kind)
     monkeypatch.setattr(triton_scan, "BWD_BLOCK_L", 16)  # tiles 16 + 16 + 3: a partial last tile
     monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 16)
     monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", 2)  # 2 programs per group
@@ -281,15 +289,15 @@ def test_unknown_backward_kind_raises(monkeypatch):
 @pytest.mark.skipif(not (ON_GPU and mamba_ssm_available()), reason="needs CUDA, Triton and mamba-ssm")
 @pytest.mark.parametrize(
     "forward_kind, backward_kind",
-    [("seq", "tile"), ("seq", "seq"), ("vec", "seq"), ("vec", "vec"), ("vec", "reg")],
-    ids=["tile", "seq", "vec-seq", "vec-vec", "vec-reg"],
+    [("seq", "tile"), ("seq", "seq"), ("vec", "seq"), ("vec", "vec"), ("vec", "reg"), ("vec", "reg4")],
+    ids=["tile", "seq", "vec-seq", "vec-vec", "vec-reg", "vec-reg4"],
 )
 @pytest.mark.parametrize("d_inner, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
 def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, forward_kind, backward_kind, d_inner, side):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
-    monkeypatch.setattr(triton_scan, "BWD_KIND", backward_kind)
+    set_backward_kind(monkeypatch, backward_kind)
 
     def mamba(u, delta, A, B, C, D, delta_bias):
         return selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=True)

@@ -1,6 +1,6 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
-``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--check] [--bwd_kind tile|seq|vec]``
+``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--check] [--no-mamba]``
 on a CUDA machine with Triton (and mamba-ssm for the reference rows). Prints, for the scan shapes of one step (SS2D
 stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage i has d_inner 192 * 2**i at
 L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the achieved bandwidth (the fewest bytes
@@ -12,21 +12,13 @@ a stage gets its own input set, so repeated calls do not time the L2 cache. Timi
 sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
---sweep times a few tile configurations of the Triton kernels (BLOCK_D, BLOCK_L, num_warps) first; --sweep bwd only
-those of the 8-position-step backwards (vec, reg) and the register caps, and nothing else; --sweep reg only the reg
-backward's (with per-stage times).
---bwd_kind picks triton_scan.BWD_KIND for --check and the timed rows: "tile" (associative scans), "seq" (version 4,
-one position per step), "vec" (version 7, the seq kernel in 8-position steps) or "reg" (version 8, version 7 with
-everything in registers).
+--sweep times tile configurations and register caps of the Triton kernels first (forward: BLOCK_D, num_warps;
+backward: BLOCK_D, chunk, num_warps, step, with per-stage times); --sweep bwd only the backward's, and nothing else.
 
-"tri-seq" rows run the Triton scan with the one-position-per-step forward (``FWD_KIND = "seq"``, the default before
-version 6 in docs/performance.md), the backward unchanged, beside the default's "triton" rows (the 8-position-tile "vec"
-forward). "tri-vec" rows run the default forward with the version-7 backward (``BWD_KIND = "vec"``, the previous
-default) beside the default's (version 8, everything in registers). "tri-pair" and "tri-index" rows run the Triton
-kernel as SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4
-directions; see mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions sharing a copy
-and, for "index", the strided reads of the column-major directions; their GB/s use the same byte counts as the other
-rows.
+"triton" rows are the Triton scan as the gathered cross-scan calls it; "tri-pair" and "tri-index" rows run it as
+SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4 directions; see
+mamba_unet.TRITON_CROSS_SCAN), so their times include the sum of du over the directions sharing a copy and, for
+"index", the strided reads of the column-major directions; their GB/s use the same byte counts as the other rows.
 """
 
 from __future__ import annotations
@@ -101,21 +93,6 @@ def fused_cross_scan(mode: str) -> ScanFn:
     return scan
 
 
-def forward_kind_scan(kind: str, setting: str = "FWD_KIND") -> ScanFn:
-    """The Triton scan with triton_scan.<setting> = kind during each call (the module's value restored after); for
-    BWD_KIND the forward records the kind, so its backward runs that kernel too."""
-
-    def scan(u, delta, A, B, C, D, delta_bias) -> torch.Tensor:
-        saved = getattr(triton_scan, setting)
-        setattr(triton_scan, setting, kind)
-        try:
-            return triton_scan.triton_selective_scan(u, delta, A, B, C, D, delta_bias)
-        finally:
-            setattr(triton_scan, setting, saved)
-
-    return scan
-
-
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
@@ -174,25 +151,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--sweep",
         nargs="?",
         const="all",
-        choices=("all", "bwd", "reg"),
-        help="time tile configurations of the Triton kernels first (bwd: only the vec and reg backwards', reg: only "
-        "the reg backward's)",
+        choices=("all", "bwd"),
+        help="time tile configurations of the Triton kernels first (bwd: only the backward's, then stop)",
     )
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
-    parser.add_argument(
-        "--bwd_kind", choices=triton_scan.BWD_KINDS, default=triton_scan.BWD_KIND, help="Triton backward kernel"
-    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not triton_scan.triton_available():
         raise SystemExit("scripts/benchmark_scan.py needs CUDA and Triton")
-    triton_scan.BWD_KIND = args.bwd_kind
     dtype = getattr(torch, args.dtype)
     timer = Timer(torch.device("cuda"))
     if args.check:
         for row in check(4, torch.float32):
             print("check fp32 batch 4:", row, flush=True)
-        for row in check(4, torch.float32, forward_kind_scan("seq")):
-            print("check fp32 batch 4, seq forward:", row, flush=True)
 
     # One input set (and output gradient) per scan call of the 16-scan step.
     sets, grads, stage_of = [], [], []
@@ -222,15 +192,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     if args.sweep:
-        sweep(time_backend, backward_only=args.sweep != "all", reg_only=args.sweep == "reg")
-        if args.sweep != "all":
+        sweep(time_backend, backward_only=args.sweep == "bwd")
+        if args.sweep == "bwd":
             return
 
     backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
     backends.append(("triton", triton_scan.triton_selective_scan))
-    backends.append(("tri-seq", forward_kind_scan("seq")))
-    if args.bwd_kind != "vec":
-        backends.append(("tri-vec", forward_kind_scan("vec", "BWD_KIND")))
     backends += [("tri-pair", fused_cross_scan("pair")), ("tri-index", fused_cross_scan("index"))]
     header = f"{'backend':<10} {'scans':<12} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'f+b GB/s':>9} {'speedup f/fb':>13}"
     lines = [header, "-" * len(header)]
@@ -272,40 +239,27 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
     )
 
 
-def sweep(
-    time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False, reg_only: bool = False
-) -> None:
-    """Time kernel configurations on the whole 16-scan step and print one line each: forward kernels ("tile":
-    BLOCK_D, BLOCK_L, num_warps; "seq": BLOCK_D, unroll, num_warps) and backward kernels ("tile": BLOCK_D, BLOCK_L,
-    num_warps; "seq" and "vec": BLOCK_D, chunk, num_warps, unroll; "reg": BLOCK_D, chunk, num_warps) and register
-    caps. backward_only: just the "vec" and "reg" backwards' configurations after the default forward, and the caps
-    (the 8-position kernels' tuning, in a fraction of the time); reg_only: just the reg backward's."""
-    names = ("FWD_KIND", "FWD_BLOCK_D", "FWD_BLOCK_L", "FWD_WARPS", "FWD_SEQ_BLOCK_D", "FWD_UNROLL", "FWD_SEQ_WARPS")
-    names += ("FWD_VEC_BLOCK_D", "FWD_VEC_WARPS", "BWD_BLOCK_D", "BWD_BLOCK_L", "BWD_WARPS", "BWD_REDUCE_BC")
-    names += ("BWD_KIND", "BWD_SEQ_BLOCK_D", "BWD_SEQ_CHUNK", "BWD_SEQ_WARPS", "BWD_SEQ_UNROLL", "BWD_MAXNREG")
-    names += ("FWD_VEC_MAXNREG", "BWD_REG_BLOCK_D", "BWD_REG_CHUNK", "BWD_REG_WARPS", "BWD_REG_STEP")
+def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False) -> None:
+    """Time kernel configurations and print one line each: the forward alone at (BLOCK_D, num_warps) and register
+    caps, then forward+backward (after the default forward) at (BLOCK_D, chunk, num_warps, step), each with its 4
+    stages' times (their tail waves differ), without the dB/dC atomics (a diagnostic: wrong dB, dC), and at register
+    caps. The module's constants are restored at the end."""
+    names = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
+    names += ("BWD_MAXNREG", "BWD_REDUCE_BC")
     saved = {name: getattr(triton_scan, name) for name in names}
-    fwd_configs = [("tile", 4, 64, 4), ("tile", 2, 64, 4), ("tile", 4, 32, 4), ("tile", 4, 32, 2), ("tile", 2, 32, 2)]
-    fwd_configs += [("seq", 16, 4, 4), ("seq", 32, 4, 4), ("seq", 16, 8, 2), ("seq", 8, 8, 1), ("seq", 32, 1, 4)]
-    # ("vec", BLOCK_D, -, num_warps): the 8-position-tile forward; the first is triton_scan's FWD_VEC default
-    fwd_configs += [("vec", 8, 0, 1), ("vec", 4, 0, 1), ("vec", 16, 0, 1), ("vec", 16, 0, 2), ("vec", 32, 0, 4)]
-    # (BWD_REG_BLOCK_D, BWD_REG_CHUNK, BWD_REG_WARPS, BWD_REG_STEP) of the reg backward (version 8); the first is the
-    # default. Offline (sm_90, stage 0): (8, 8, 1, 8) 255 registers; (16, 8, 1, 4) 247 with half the shuffles per
-    # channel; (8, 8, 1, 4) 167.
-    bwd_reg_configs = [(8, 8, 1, 8), (4, 8, 1, 8), (8, 16, 1, 8), (16, 8, 1, 8), (16, 8, 1, 4), (8, 8, 1, 4)]
-    bwd_reg_configs += [(16, 16, 1, 4), (32, 8, 2, 4)]
-    # caps of the reg backward: 224 registers leave 9 one-warp programs per SM (8 uncapped): stage 0's 2,304
-    # programs then fit 2 waves instead of 2.2 (offline: 13 spill loads per step at 224, 100 at 168)
-    reg_caps = (224, 200, 184)  # 9, 10 and 11 resident programs per SM
-    fwd_caps, bwd_caps = (96, 64), (168, 128)  # register caps (Triton's maxnreg) of the vec forward and backwards
-    bwd_configs = [(4, 32, 4), (2, 32, 2), (16, 16, 8), (32, 8, 8), (16, 32, 8)]
-    # (BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL); the first is triton_scan's default
-    bwd_seq_configs = [(8, 32, 1, 4), (8, 16, 1, 4), (8, 64, 1, 4), (8, 32, 1, 1), (8, 32, 1, 8)]
-    bwd_seq_configs += [(4, 32, 1, 4), (16, 32, 1, 4), (16, 32, 2, 4), (32, 16, 4, 4), (8, 32, 2, 4), (4, 64, 1, 4)]
+    fwd_configs = [(8, 1), (4, 1), (16, 1), (16, 2), (32, 4)]  # (FWD_BLOCK_D, FWD_WARPS); the first is the default
+    fwd_caps = (96, 64)
+    # (BWD_BLOCK_D, BWD_CHUNK, BWD_WARPS, BWD_STEP); the first is the default. Offline (sm_90, stage 0): (8, 8, 1, 8)
+    # 255 registers; (16, 8, 1, 4) 247 with half the shuffles per channel; (8, 8, 1, 4) 167.
+    bwd_configs = [(8, 8, 1, 8), (4, 8, 1, 8), (8, 16, 1, 8), (16, 8, 1, 8), (16, 8, 1, 4), (8, 8, 1, 4)]
+    bwd_configs += [(16, 16, 1, 4), (32, 8, 2, 4)]
+    # 224, 200 and 184 registers leave 9, 10 and 11 one-warp programs per SM (8 uncapped): stage 0's 2,304 programs
+    # fit 2 waves at 9 instead of 2.2 at 8 (offline: 13 spill loads per step at 224, 100 at 168, measured 8% slower)
+    bwd_caps = (224, 200, 184)
     fn = triton_scan.triton_selective_scan
 
     def timed(label: str, backward: bool, per_stage: bool = False) -> None:
-        """One line: the 16 scans back to back; per_stage adds each stage's 4 scans (the tail-wave effects differ)."""
+        """One line: the 16 scans back to back; per_stage adds each stage's 4 scans."""
         try:
             line = f"sweep {label}: {time_backend(fn, None, backward):.3f} ms"
             if per_stage:
@@ -314,88 +268,30 @@ def sweep(
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
 
-    for kind, block_d, block_l_or_unroll, warps in [] if backward_only else fwd_configs:
-        triton_scan.FWD_KIND = kind
-        if kind == "tile":
-            triton_scan.FWD_BLOCK_D, triton_scan.FWD_BLOCK_L, triton_scan.FWD_WARPS = block_d, block_l_or_unroll, warps
-        elif kind == "vec":
-            triton_scan.FWD_VEC_BLOCK_D, triton_scan.FWD_VEC_WARPS = block_d, warps
-        else:
-            triton_scan.FWD_SEQ_BLOCK_D, triton_scan.FWD_UNROLL, triton_scan.FWD_SEQ_WARPS = (
-                block_d,
-                block_l_or_unroll,
-                warps,
-            )
-        timed(f"fwd {kind} {(block_d, warps) if kind == 'vec' else (block_d, block_l_or_unroll, warps)}", False)
-    # the backward rows below run after the default forward configuration, not after the last one swept
-    for name in names:
-        if name.startswith("FWD_"):
-            setattr(triton_scan, name, saved[name])
-    triton_scan.BWD_KIND = "tile"
-    # the training forward with the tile kernel or the seq kernel
-    for seq_fwd in () if backward_only else (False, True):
-        triton_scan.FWD_KIND = "seq" if seq_fwd else "tile"
-        for config in bwd_configs:
-            triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
-            timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config}", True)
-    # Diagnostic: the same without the dB/dC atomics (wrong dB, dC), to see what the cross-program reduction costs.
-    triton_scan.BWD_REDUCE_BC = False
-    for config in [] if backward_only else bwd_configs[:3]:
-        triton_scan.BWD_BLOCK_D, triton_scan.BWD_BLOCK_L, triton_scan.BWD_WARPS = config
-        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, bwd {config} WITHOUT dB/dC atomics", True)
-    triton_scan.BWD_REDUCE_BC = True
-    # Version 4 backward (one position per step) and version 7 (its 8-position steps; the unroll is unused there)
-    # after the default forward.
-    triton_scan.FWD_KIND = saved["FWD_KIND"]
-    for kind in () if reg_only else ("vec",) if backward_only else ("seq", "vec"):
-        triton_scan.BWD_KIND = kind
-        for config in bwd_seq_configs:
-            if kind == "vec" and config[3] != bwd_seq_configs[0][3]:
-                continue  # the unroll factor is unused by the vec kernel
-            (
-                triton_scan.BWD_SEQ_BLOCK_D,
-                triton_scan.BWD_SEQ_CHUNK,
-                triton_scan.BWD_SEQ_WARPS,
-                triton_scan.BWD_SEQ_UNROLL,
-            ) = config
-            timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, {kind} bwd {config}", True)
-        triton_scan.BWD_REDUCE_BC = False
-        (
-            triton_scan.BWD_SEQ_BLOCK_D,
-            triton_scan.BWD_SEQ_CHUNK,
-            triton_scan.BWD_SEQ_WARPS,
-            triton_scan.BWD_SEQ_UNROLL,
-        ) = bwd_seq_configs[0]
-        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, {kind} bwd {bwd_seq_configs[0]} WITHOUT dB/dC atomics", True)
-        triton_scan.BWD_REDUCE_BC = True
-    triton_scan.BWD_KIND = "reg"
-    reg_names = ("BWD_REG_BLOCK_D", "BWD_REG_CHUNK", "BWD_REG_WARPS", "BWD_REG_STEP")
-    for config in bwd_reg_configs:
-        for name, value in zip(reg_names, config):
+    def setting(pairs: dict[str, object]) -> None:
+        for name, value in pairs.items():
             setattr(triton_scan, name, value)
-        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {config}", True, per_stage=True)
-    for name, value in zip(reg_names, bwd_reg_configs[0]):
-        setattr(triton_scan, name, value)
-    triton_scan.BWD_REDUCE_BC = False
-    timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {bwd_reg_configs[0]} WITHOUT dB/dC atomics", True)
-    triton_scan.BWD_REDUCE_BC = True
-    for cap in reg_caps:
-        triton_scan.BWD_MAXNREG = cap
-        timed(f"fwd+bwd {triton_scan.FWD_KIND} fwd, reg bwd {bwd_reg_configs[0]}, maxnreg {cap}", True, per_stage=True)
-    triton_scan.BWD_MAXNREG = saved["BWD_MAXNREG"]
-    # Register caps: the vec forward alone, then the vec and reg backwards (default tiles) after the default forward.
-    for cap in () if reg_only else fwd_caps:
-        triton_scan.FWD_VEC_MAXNREG = cap
-        timed(f"fwd vec, maxnreg {cap}", False)
-    triton_scan.FWD_VEC_MAXNREG = saved["FWD_VEC_MAXNREG"]
-    for kind in () if reg_only else ("vec",):
-        triton_scan.BWD_KIND = kind
-        for cap in bwd_caps:
-            triton_scan.BWD_MAXNREG = cap
-            timed(f"fwd+bwd vec fwd, {kind} bwd (default tiles), maxnreg {cap}", True)
-    triton_scan.BWD_MAXNREG = saved["BWD_MAXNREG"]
-    for name, value in saved.items():
-        setattr(triton_scan, name, value)
+
+    for config in [] if backward_only else fwd_configs:
+        setting(dict(zip(("FWD_BLOCK_D", "FWD_WARPS"), config)))
+        timed(f"fwd {config}", False)
+    setting({name: saved[name] for name in ("FWD_BLOCK_D", "FWD_WARPS")})
+    for cap in () if backward_only else fwd_caps:
+        setting({"FWD_MAXNREG": cap})
+        timed(f"fwd, maxnreg {cap}", False)
+    setting({"FWD_MAXNREG": saved["FWD_MAXNREG"]})
+    bwd_names = ("BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
+    for config in bwd_configs:
+        setting(dict(zip(bwd_names, config)))
+        timed(f"fwd+bwd {config}", True, per_stage=True)
+    setting(dict(zip(bwd_names, bwd_configs[0])))
+    setting({"BWD_REDUCE_BC": False})
+    timed(f"fwd+bwd {bwd_configs[0]} WITHOUT dB/dC atomics", True)
+    setting({"BWD_REDUCE_BC": True})
+    for cap in bwd_caps:
+        setting({"BWD_MAXNREG": cap})
+        timed(f"fwd+bwd {bwd_configs[0]}, maxnreg {cap}", True, per_stage=True)
+    setting(saved)
 
 
 if __name__ == "__main__":

@@ -6,55 +6,24 @@ B/C: ``dt = softplus(delta + delta_bias)``; ``h_t = exp(dt_t * A) * h_{t-1} + dt
 
 Why a second kernel next to mamba-ssm's: on SS2D's shapes (G=4 groups of 192..1536 channels, N=16) mamba-ssm's kernel
 runs one CUDA block per channel and reloads B and C for every channel, so the 16 scans of a training step move ~9x the
-bytes they need. Here one program owns BLOCK_D channels of one group and one batch item, so B/C tiles are loaded once
-for BLOCK_D channels, and walks L in tiles of BLOCK_L positions: a coalesced [BLOCK_D, BLOCK_L] load of u and delta,
-the [BLOCK_D, N, BLOCK_L] recurrence inside the tile as one ``tl.associative_scan`` (combine
-``(a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)``), the state carried from tile to tile in registers (fp32).
+bytes they need. Here one program owns BLOCK_D channels of one group and one batch item (B/C tiles loaded once for
+BLOCK_D channels, read position-major so one position's N values are one contiguous load) and walks L sequentially,
+the [BLOCK_D, N] state in fp32 registers, in steps of 8 positions whose loads are all issued before their arithmetic.
 
-Backward: the forward saves the state at every tile start, (batch, dim, n_tiles, N) fp32 (N/BLOCK_L of u's size).
-The backward walks the tiles in reverse, recomputes the tile's states from the saved one, and runs the reverse
-recurrence ``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}`` as a reverse associative scan; exp(dt_{t+1} A) is recomputed
-from a load of delta shifted by one position (Triton cannot shift registers), and ``a_t h_{t-1} = h_t - dt_t B_t u_t``
-avoids both the shift and a division. dB and dC (sums over a group's channels) and dA, dD, d(delta_bias) (sums over
-batch and L) are reduced inside each program, then added across programs with fp32 atomics, so like mamba-ssm's
-backward the gradients are not bitwise deterministic.
+Forward (`_scan_fwd_vec_kernel`, version 6 in docs/performance.md): for training it also saves the state every
+BWD_CHUNK positions, (batch, dim, L / chunk, N) fp32.
 
-Version 4 backward, ``BWD_KIND = "seq"`` (the default from 2026-12-06 until version 7): no associative scan. One program
-owns BWD_SEQ_BLOCK_D channels and walks chunks of BWD_SEQ_CHUNK positions (the forward's checkpoint spacing) in reverse:
-dt and dt u of the chunk are computed as [BLOCK_D, SUB_L] tiles into a per-program scratch buffer, h is recomputed one
-position per step from the saved chunk start (h_{t-1} of each position into scratch), then the chunk is walked backward
-one position per step with g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} carried from the previous step), dB_t
-/ dC_t added per position with atomics into position-major (batch, G, L, N) buffers, and du, ddelta, dD, d(delta_bias)
-finished per chunk as tiles. ddelta_t = sigmoid(x_t) sum_n g_t[n] (A[n] a_t[n] h_{t-1}[n] + B_t[n] u_t) with x = delta +
-delta_bias, a_t = exp(dt_t A) (the derivative of h_t = a_t h_{t-1} + dt_t B_t u_t in dt_t).
+Backward (`_scan_bwd_reg_kernel`, version 8): steps of 8 (or BWD_STEP = 4) positions from the end of the sequence
+to its start; each step recomputes its states from the saved one into registers and walks them in reverse,
+``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}``, while the next step's tiles load. dB and dC (sums over a group's
+channels) and dA, dD, d(delta_bias) (sums over batch and L) are reduced inside each program, then added across
+programs with fp32 atomics, so like mamba-ssm's backward the gradients are not bitwise deterministic.
 
-Measured on one H100 (docs/performance.md, version 4): 15.0 ms forward and 58.0 ms forward+backward for the 16 scans
-of a batch-24 training step with the seq backward, against mamba-ssm's 17.2 and 68.2 in the same run (1.15x forward,
-1.18x forward+backward; the tile backward had been 0.72x on an H200). Still short of the 3x target, so mamba-ssm
-stays the default backend. The forward came down from 21.8 ms with B/C read position-major and smaller programs
-(scripts/benchmark_scan_parts.py located the time). Two later designs were
-measured slower still and removed (their code is commit 0eff9e2): chunk-parallel (version 2: 27.6 / 123.5 ms at its
-best settings) and one thread per channel with the states in registers (version 3: 28.5 / 183 ms).
-
-Version 6 forward, ``FWD_KIND = "vec"`` (the default since timed on an H100, 2026-12-07): the seq recurrence fed by
-8-position tiles of u, delta, B and C, all loaded before any of their arithmetic, with softplus on the whole tile and
-one tile store of y; the seq kernel's sm_90 code loads each position right before its own arithmetic and so waits for
-one load latency per position. Measured: the 16-scan fp32 forward 5.6 ms against the seq kernel's 14.7 and mamba-ssm's
-17.0 (3.05x), forward+backward 49.4 ms (1.38x; the backward, ~44 ms, is unchanged) (docs/performance.md, version 6).
-
-Version 7 backward, ``BWD_KIND = "vec"`` (the default on 2026-12-07, until version 8): the seq backward with its
-two per-position loops (state recompute, reverse walk) in 8-position steps, every operand of a step loaded as a tile
-before its arithmetic, the step's dB / dC rows added as one [N, 8] atomic each. Measured with the vec forward: 39.3 ms
-forward+backward for the 16 scans against mamba-ssm's 68.1 (1.73x); the backward 44 -> 34 ms.
-
-Version 8 backward, ``BWD_KIND = "reg"`` (the default since timed on an H100, 2026-12-07): version 7's arithmetic
-with every value in registers. The forward saves the state every 8 positions; the backward walks 8-position steps
-from the end, recomputes the step's 8 states from the saved one into registers, prefetches the next step's tiles
-before this step's arithmetic, and finishes du / ddelta per step, so the per-program scratch (a state per position
-written and read back through L2), its barriers and the separate prologue / epilogue passes are gone. Measured: 28.4
-ms forward+backward for the 16 scans against mamba-ssm's 68.4 and version 7's 40.7 in the same run (2.41x; 24.5 ms
-back to back, 2.77x); stage-0 backward 4.42 -> 2.45 ms under ncu (docs/performance.md, version 8). Cost: the saved
-states are 2 fp32 per channel-position (version 7: 0.5), +2.3 GiB of fp32 training memory for Mamba-UNet.
+Measured on one H100 (fp32, batch 24, the 16 scans of a training step; docs/performance.md, version 8): forward 5.4-5.8
+ms against mamba-ssm's 17.0-17.1 (2.9-3.1x), forward+backward 24.5-28.4 ms against 68.1-68.4 (2.4-2.8x); outputs and
+every gradient within 3e-6 of mamba-ssm. Earlier designs (associative-scan tiles, chunk-parallel, one thread per
+channel, one position per loop step, a scratch-buffer backward: versions 1-5 and 7) measured slower and were removed;
+their code is at commit c3e021e (versions 2 and 3: 0eff9e2), their measurements in docs/performance.md.
 
 Importing this module never needs Triton (CI has none): the kernels are defined only when ``triton`` imports.
 """
@@ -76,48 +45,23 @@ except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-# Tile sizes (forward, backward): BLOCK_D channels x BLOCK_L positions per program step; chosen on an H200 by
-# scripts/benchmark_scan.py (see its docstring for the sweep).
-FWD_BLOCK_D, FWD_BLOCK_L, FWD_WARPS = 8, 64, 4
-# Forward kernel (FWD_KIND): "tile" (associative scan over BLOCK_L positions), "seq" (one position per step,
-# FWD_UNROLL-unrolled) or "vec" (below).
-# seq defaults from one stage-0 scan on the H200 (docs/performance.md, "where the forward's time goes"): 8 channels
-# in one warp, 8-fold unrolled, with B and C read position-major: 1.71 ms instead of 3.29 ms at 16 / 4 warps / 4.
-FWD_SEQ_BLOCK_D, FWD_SEQ_WARPS, FWD_UNROLL = 8, 1, 8
-# FWD_KIND "vec" (version 6, the default): the seq recurrence fed by 8-position tiles, FWD_VEC_BLOCK_D channels per
-# program in FWD_VEC_WARPS warps; the 8 positions' loads are issued together (docs/performance.md, version 6: 2.6x
-# faster than "seq" on one H100).
-FWD_KIND = "vec"
-FWD_VEC_BLOCK_D, FWD_VEC_WARPS = 8, 1
-FWD_KINDS = ("tile", "seq", "vec")
-# True: the forward reads B and C from a position-major copy, (batch, G, L, N) in memory, so one position's N values
-# are one contiguous 64-byte load instead of N loads L elements apart (half of the seq forward's time); the copy costs
-# ~0.04 ms per stage-0 scan.
-FWD_BC_POSITION_MAJOR = True
-BWD_BLOCK_D, BWD_BLOCK_L, BWD_WARPS = 4, 32, 4
-# Backward kernel (BWD_KIND): "reg" (version 8, the default: below; 2.41x mamba-ssm's forward+backward on an H100),
-# "vec" (version 7: the seq kernel with its recompute and reverse-walk loops in 8-position steps whose loads are issued
-# together, like the vec forward; 1.73x, docs/performance.md, version 7), "seq" (version 4: one position per loop step,
-# BWD_SEQ_BLOCK_D channels per program, the states recomputed per chunk of BWD_SEQ_CHUNK positions into a scratch
-# buffer) or "tile" (associative scans over BWD_BLOCK_L positions; 0.72x on an H200). The kind is read when the forward
-# runs (it sets the checkpoint spacing).
-BWD_KIND = "reg"
-BWD_KINDS = ("tile", "seq", "vec", "reg")
-BWD_SEQ_BLOCK_D, BWD_SEQ_CHUNK, BWD_SEQ_WARPS, BWD_SEQ_UNROLL = 8, 32, 1, 4
-# BWD_KIND "reg" (version 8): version 7's arithmetic with every value in registers (no scratch), BWD_REG_BLOCK_D
-# channels per program in BWD_REG_WARPS warps; the forward saves a state every BWD_REG_CHUNK positions (a multiple of
-# 8; with more than 8 each step first carries the saved state over the chunk's earlier steps). Chunk 8 keeps
-# 2 fp32 per channel-position for the backward (at 32: 0.5). Swept on one H100 (16 scans, f+b ms): (8, 8, 1) 24.5,
-# (4, 8, 1) 24.8, (8, 16, 1) 26.5, (16, 8, 1) 26.9, (16, 8, 2) 36.5, (8, 8, 2) 43.5.
-BWD_REG_BLOCK_D, BWD_REG_CHUNK, BWD_REG_WARPS = 8, 8, 1
-# Positions per step of the reg backward: 8, or 4 (half the recomputed states live at once, so 16 channels per warp
-# fit in the registers: fewer shuffles per channel in the reductions over the channels; not yet timed on a GPU).
-BWD_REG_STEP = 8
-# Register caps (Triton's maxnreg; None: the compiler's choice) of the vec forward and the seq/vec/reg backward. The
-# vec and reg backwards take 249 registers (ncu, stage 0), so one warp per program leaves 8 warps per SM; a cap trades
-# spills (local memory) for resident warps. Measured on one H100: no gain (reg backward 24.5 ms uncapped, 26.4 at
-# 168, 36.6 at 128; the vec forward 5.3 ms at 96, 6.4 at 64, ~5.4 uncapped).
-FWD_VEC_MAXNREG: int | None = None
+# Forward: FWD_BLOCK_D channels per program in FWD_WARPS warps (swept on one H100, docs/performance.md, version 6:
+# 8 / 1 beat 4, 16 and 32 channels).
+FWD_BLOCK_D, FWD_WARPS = 8, 1
+# Backward: BWD_BLOCK_D channels per program in BWD_WARPS warps; the forward saves a state every BWD_CHUNK positions (a
+# multiple of 8; with more, each step first carries the saved state over the chunk's earlier steps). Chunk 8 keeps 2
+# fp32 per channel-position for the backward (+2.3 GiB of fp32 training memory for Mamba-UNet against chunk 32).
+# Swept on one H100 (16 scans, f+b ms): (8, 8, 1) 24.5, (4, 8, 1) 24.8, (8, 16, 1) 26.5, (16, 8, 1) 26.9, (16, 8, 2)
+# 36.5, (8, 8, 2) 43.5.
+BWD_BLOCK_D, BWD_CHUNK, BWD_WARPS = 8, 8, 1
+# Positions per backward step: 8, or 4 (half the recomputed states live at once, so 16 channels per warp fit in the
+# registers: fewer shuffles per channel in the reductions over the channels; not yet timed on a GPU).
+BWD_STEP = 8
+# Register caps (Triton's maxnreg; None: the compiler's choice). Both kernels take 249 registers at their defaults
+# (ncu, stage 0), so one warp per program leaves 8 warps per SM; a cap trades spills (local memory) for resident warps.
+# Measured on one H100: no gain at 168 or 128 for the backward (26.4 and 36.6 ms against 24.5 uncapped) or at 96 and
+# 64 for the forward (5.3 and 6.4 ms against ~5.4).
+FWD_MAXNREG: int | None = None
 BWD_MAXNREG: int | None = None
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
 BWD_REDUCE_BC = True
@@ -129,11 +73,6 @@ def triton_available() -> bool:
 
 
 if triton is not None:
-
-    @triton.jit
-    def _linear_combine(a_left, b_left, a_right, b_right):
-        """Compose h -> a_left h + b_left, then h -> a_right h + b_right (left = applied first)."""
-        return a_left * a_right, a_right * b_left + b_right
 
     @triton.jit
     def _softplus(x):
@@ -151,95 +90,6 @@ if triton is not None:
             return tl.load(order_ptr + group * length + t, mask=t < length, other=0)
         else:
             return t
-
-    @triton.jit
-    def _scan_fwd_kernel(
-        u_ptr,
-        delta_ptr,
-        a_ptr,
-        b_ptr,
-        c_ptr,
-        d_ptr,
-        bias_ptr,
-        y_ptr,
-        state_ptr,
-        order_ptr,
-        dim,
-        u_channels,
-        length,
-        n_state,
-        channels_per_group,
-        n_tiles,
-        stride_u_batch,
-        stride_u_dim,
-        stride_delta_batch,
-        stride_delta_dim,
-        stride_b_batch,
-        stride_b_group,
-        stride_b_state,
-        stride_c_batch,
-        stride_c_group,
-        stride_c_state,
-        stride_b_pos,
-        stride_c_pos,
-        HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        SAVE_STATE: tl.constexpr,
-        REORDER: tl.constexpr,
-        N_PAD: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-    ):
-        # Program (channel block, batch item); a block never straddles two groups (BLOCK_D divides the group size).
-        pid_d = tl.program_id(0)
-        batch = tl.program_id(1)
-        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        group = (pid_d * BLOCK_D) // channels_per_group
-        states = tl.arange(0, N_PAD)
-        state_ok = states < n_state
-        positions = tl.arange(0, BLOCK_L)
-
-        # exp(dt * A) = exp2(dt * A * log2(e)); padded states get A = 0, B = C = 0 and stay at zero.
-        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
-        a_log2 = a_mat.to(tl.float32) * 1.4426950408889634
-        if HAS_D:
-            d_skip = tl.load(d_ptr + chans).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + chans).to(tl.float32)
-
-        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
-        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
-        y_rows = y_ptr + batch * dim * length + chans[:, None] * length
-        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
-        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
-        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
-
-        h = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
-        for tile in range(0, n_tiles):
-            if SAVE_STATE:
-                tl.store(state_rows + tile * n_state, h, mask=state_ok[None, :])
-            pos = tile * BLOCK_L + positions
-            pos_ok = pos < length
-            mem = _memory_position(order_ptr, group, pos, length, REORDER)
-            u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            delta = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                delta += bias[:, None]
-            # dt = 0 past the end: decay 1 and input 0 keep the carried state unchanged there.
-            dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
-            bc_mask = state_ok[:, None] & pos_ok[None, :]
-            b_tile = tl.load(b_rows + mem[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
-            c_tile = tl.load(c_rows + mem[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
-
-            decay = tl.exp2(dt[:, None, :] * a_log2[:, :, None])  # [BLOCK_D, N, BLOCK_L]
-            inputs = (dt * u)[:, None, :] * b_tile[None, :, :]
-            decay_prod, h_local = tl.associative_scan((decay, inputs), axis=2, combine_fn=_linear_combine)
-            h_all = h_local + decay_prod * h[:, :, None]
-            y = tl.sum(h_all * c_tile[None, :, :], axis=1)
-            if HAS_D:
-                y += d_skip[:, None] * u
-            tl.store(y_rows + mem[None, :], y.to(y_ptr.dtype.element_ty), mask=pos_ok[None, :])
-            h = tl.sum(tl.where(positions[None, None, :] == BLOCK_L - 1, h_all, 0.0), axis=2)
 
     @triton.jit
     def _eight_columns(tile):
@@ -285,7 +135,7 @@ if triton is not None:
 
     @triton.jit
     def _seq_step(h, a_log2, dt, dtu, b_col, c_col):
-        """One position of the seq forward: h <- _state_step(h); returns (h, y [BLOCK_D])."""
+        """One position of the forward: h <- _state_step(h); returns (h, y [BLOCK_D])."""
         h = _state_step(h, a_log2, dt, dtu, b_col)
         return h, tl.sum(h * c_col[None, :], axis=1)
 
@@ -300,82 +150,6 @@ if triton is not None:
         decayed_prev = g * (decay * h_prev)  # g_t a_t h_{t-1} = dL/d(dt_t A)
         da_acc += decayed_prev * dt[:, None]
         return g, decay, da_acc, dc, db, tl.sum(g * b_col[None, :], axis=1), tl.sum(decayed_prev * a_mat, axis=1)
-
-    @triton.jit
-    def _scan_fwd_seq_kernel(
-        u_ptr,
-        delta_ptr,
-        a_ptr,
-        b_ptr,
-        c_ptr,
-        d_ptr,
-        bias_ptr,
-        y_ptr,
-        state_ptr,
-        order_ptr,
-        dim,
-        u_channels,
-        length,
-        n_state,
-        channels_per_group,
-        n_tiles,
-        stride_u_batch,
-        stride_u_dim,
-        stride_delta_batch,
-        stride_delta_dim,
-        stride_b_batch,
-        stride_b_group,
-        stride_b_state,
-        stride_c_batch,
-        stride_c_group,
-        stride_c_state,
-        stride_b_pos,
-        stride_c_pos,
-        HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        SAVE_STATE: tl.constexpr,
-        REORDER: tl.constexpr,
-        N_PAD: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-        UNROLL: tl.constexpr,
-    ):
-        """Forward, one position per loop step: the [BLOCK_D, N] state in registers, no scan across threads."""
-        pid_d = tl.program_id(0)
-        batch = tl.program_id(1)
-        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        group = (pid_d * BLOCK_D) // channels_per_group
-        states = tl.arange(0, N_PAD)
-        state_ok = states < n_state
-        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
-        a_log2 = a_mat.to(tl.float32) * 1.4426950408889634
-        if HAS_D:
-            d_skip = tl.load(d_ptr + chans).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + chans).to(tl.float32)
-        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels) * stride_u_dim
-        delta_rows = delta_ptr + batch * stride_delta_batch + chans * stride_delta_dim
-        y_rows = y_ptr + batch * dim * length + chans * length
-        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
-        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states * stride_c_state
-        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
-        h = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
-        for pos in tl.range(0, length, loop_unroll_factor=UNROLL):
-            if SAVE_STATE:
-                if pos % BLOCK_L == 0:
-                    tl.store(state_rows + (pos // BLOCK_L) * n_state, h, mask=state_ok[None, :])
-            mem = _memory_position(order_ptr, group, pos, length, REORDER)
-            u = tl.load(u_rows + mem).to(tl.float32)
-            delta = tl.load(delta_rows + mem).to(tl.float32)
-            if HAS_BIAS:
-                delta += bias
-            dt = _softplus(delta)
-            b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-            c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
-            h, y = _seq_step(h, a_log2, dt, dt * u, b_col, c_col)
-            if HAS_D:
-                y += d_skip * u
-            tl.store(y_rows + mem, y.to(y_ptr.dtype.element_ty))
 
     @triton.jit
     def _scan_fwd_vec_kernel(
@@ -415,14 +189,15 @@ if triton is not None:
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
     ):
-        """Forward, 8 positions per loop step ("vec"): u, delta as [BLOCK_D, 8] and B, C as [N, 8] tiles loaded
-        before any of their compute, softplus on the whole [BLOCK_D, 8] tile, then the 8 positions one after the
-        other as in the seq kernel (columns split out of the tiles), and y stored once as a [BLOCK_D, 8] tile.
+        """Forward, 8 positions per loop step: u, delta as [BLOCK_D, 8] and B, C as [N, 8] tiles loaded before any
+        of their compute, softplus on the whole [BLOCK_D, 8] tile, then the 8 positions one after the other
+        (`_seq_step` on columns split out of the tiles), and y stored once as a [BLOCK_D, 8] tile. With SAVE_STATE
+        the state before every BLOCK_L-th position (BLOCK_L a multiple of 8) goes to state_ptr for the backward.
 
-        Why: in the seq kernel's sm_90 code every position's loads sit right before its own arithmetic (the
-        compiler cannot move them above the previous position's y store), so each position waits for its own load
-        latency, and the per-channel softplus is repeated on the 4 lanes that share a channel. Here the 8
-        positions' loads are in flight together and the tile's softplus is computed once per element."""
+        Why tiles: a kernel that loads each position right before its own arithmetic (version 4) waits for one load
+        latency per position (its sm_90 code cannot move the loads above the previous position's y store), and
+        repeats the per-channel softplus on the 4 lanes that share a channel; here the 8 positions' loads are in
+        flight together and the softplus is computed once per element."""
         T: tl.constexpr = 8
         pid_d = tl.program_id(0)
         batch = tl.program_id(1)
@@ -475,444 +250,6 @@ if triton is not None:
             if HAS_D:
                 y += d_skip[:, None] * u
             tl.store(y_rows + mem[None, :], y.to(y_ptr.dtype.element_ty), mask=pos_ok[None, :])
-
-    @triton.jit
-    def _scan_bwd_kernel(
-        u_ptr,
-        delta_ptr,
-        a_ptr,
-        b_ptr,
-        c_ptr,
-        d_ptr,
-        bias_ptr,
-        dy_ptr,
-        state_ptr,
-        order_ptr,
-        du_ptr,
-        ddelta_ptr,
-        da_ptr,
-        db_ptr,
-        dc_ptr,
-        dd_ptr,
-        dbias_ptr,
-        dim,
-        u_channels,
-        length,
-        n_state,
-        channels_per_group,
-        n_groups,
-        n_tiles,
-        stride_u_batch,
-        stride_u_dim,
-        stride_delta_batch,
-        stride_delta_dim,
-        stride_b_batch,
-        stride_b_group,
-        stride_b_state,
-        stride_c_batch,
-        stride_c_group,
-        stride_c_state,
-        stride_dy_batch,
-        stride_dy_dim,
-        HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        REDUCE_BC: tl.constexpr,
-        REORDER: tl.constexpr,
-        N_PAD: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-    ):
-        pid_d = tl.program_id(0)
-        batch = tl.program_id(1)
-        chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        group = (pid_d * BLOCK_D) // channels_per_group
-        states = tl.arange(0, N_PAD)
-        state_ok = states < n_state
-        positions = tl.arange(0, BLOCK_L)
-
-        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
-        a_mat = a_mat.to(tl.float32)
-        a_log2 = a_mat * 1.4426950408889634
-        if HAS_D:
-            d_skip = tl.load(d_ptr + chans).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + chans).to(tl.float32)
-
-        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
-        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
-        dy_rows = dy_ptr + batch * stride_dy_batch + chans[:, None] * stride_dy_dim
-        grad_rows = (batch * dim + chans[:, None]) * length  # du, ddelta: contiguous (batch, dim, L)
-        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
-        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
-        dbc_rows = ((batch * n_groups + group) * n_state + states[:, None]) * length  # dB, dC: contiguous fp32
-        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
-
-        # carry = exp(dt_{t0} A) * g_{t0} of the tile after the current one (t0 its first position): what flows back.
-        carry = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
-        da_acc = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
-        dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for step in range(0, n_tiles):
-            tile = n_tiles - 1 - step
-            pos = tile * BLOCK_L + positions
-            pos_ok = pos < length
-            # Position t+1 inside this tile; the tile's last position takes the next tile's decay through carry.
-            next_ok = (pos + 1 < length) & (positions < BLOCK_L - 1)
-            mem = _memory_position(order_ptr, group, pos, length, REORDER)
-            mem_next = _memory_position(order_ptr, group, pos + 1, length, REORDER)
-            u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            delta = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            delta_next = tl.load(delta_rows + mem_next[None, :], mask=next_ok[None, :], other=0.0).to(tl.float32)
-            dy = tl.load(dy_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                delta += bias[:, None]
-                delta_next += bias[:, None]
-            dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)
-            dt_next = tl.where(next_ok[None, :], _softplus(delta_next), 0.0)
-            bc_mask = state_ok[:, None] & pos_ok[None, :]
-            b_tile = tl.load(b_rows + mem[None, :], mask=bc_mask, other=0.0).to(tl.float32)
-            c_tile = tl.load(c_rows + mem[None, :], mask=bc_mask, other=0.0).to(tl.float32)
-
-            # Recompute the tile's states h_t from the saved state at the tile start.
-            dt_u = dt * u
-            decay = tl.exp2(dt[:, None, :] * a_log2[:, :, None])
-            inputs = dt_u[:, None, :] * b_tile[None, :, :]
-            decay_prod, h_local = tl.associative_scan((decay, inputs), axis=2, combine_fn=_linear_combine)
-            h_start = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
-            h_all = h_local + decay_prod * h_start[:, :, None]
-            if REDUCE_BC:
-                tl.atomic_add(
-                    dc_ptr + dbc_rows + mem[None, :],
-                    tl.sum(h_all * dy[:, None, :], axis=0),
-                    mask=bc_mask,
-                    sem="relaxed",
-                )
-
-            # g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}, reverse scan; the later tiles enter through carry.
-            decay_next = tl.exp2(dt_next[:, None, :] * a_log2[:, :, None])
-            out_grad = c_tile[None, :, :] * dy[:, None, :]
-            decay_next_prod, g_local = tl.associative_scan(
-                (decay_next, out_grad), axis=2, combine_fn=_linear_combine, reverse=True
-            )
-            g = g_local + decay_next_prod * carry[:, :, None]
-            carry = tl.sum(tl.where(positions[None, None, :] == 0, decay * g, 0.0), axis=2)
-
-            g_b = tl.sum(g * b_tile[None, :, :], axis=1)  # sum_n g_t B_t
-            decayed_prev = g * (h_all - inputs)  # g_t * exp(dt_t A) h_{t-1} = dL/d(dt_t A)
-            ddt = u * g_b + tl.sum(decayed_prev * a_mat[:, :, None], axis=1)
-            da_acc += tl.sum(decayed_prev * dt[:, None, :], axis=2)
-            tl.atomic_add(
-                db_ptr + dbc_rows + mem[None, :], tl.sum(g * dt_u[:, None, :], axis=0), mask=bc_mask, sem="relaxed"
-            )
-            du = dt * g_b
-            if HAS_D:
-                du += d_skip[:, None] * dy
-                dd_acc += tl.sum(dy * u, axis=1)
-            # softplus'(x) = sigmoid(x); masked positions have dy = 0, hence ddt = 0.
-            ddelta = tl.where(delta > 20.0, ddt, ddt / (1.0 + tl.exp(-delta)))
-            ddelta = tl.where(pos_ok[None, :], ddelta, 0.0)
-            if HAS_BIAS:
-                dbias_acc += tl.sum(ddelta, axis=1)
-            tl.store(du_ptr + grad_rows + mem[None, :], du.to(du_ptr.dtype.element_ty), mask=pos_ok[None, :])
-            tl.store(
-                ddelta_ptr + grad_rows + mem[None, :], ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok[None, :]
-            )
-
-        tl.atomic_add(
-            da_ptr + chans[:, None] * n_state + states[None, :], da_acc, mask=state_ok[None, :], sem="relaxed"
-        )
-        if HAS_D:
-            tl.atomic_add(dd_ptr + chans, dd_acc, sem="relaxed")
-        if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + chans, dbias_acc, sem="relaxed")
-
-    @triton.jit
-    def _scan_bwd_seq_kernel(
-        u_ptr,
-        delta_ptr,
-        a_ptr,
-        b_ptr,
-        c_ptr,
-        d_ptr,
-        bias_ptr,
-        dy_ptr,
-        state_ptr,
-        order_ptr,
-        scratch_ptr,
-        du_ptr,
-        ddelta_ptr,
-        da_ptr,
-        db_ptr,
-        dc_ptr,
-        dd_ptr,
-        dbias_ptr,
-        dim,
-        u_channels,
-        length,
-        n_state,
-        channels_per_group,
-        n_groups,
-        n_tiles,
-        stride_u_batch,
-        stride_u_dim,
-        stride_delta_batch,
-        stride_delta_dim,
-        stride_b_batch,
-        stride_b_group,
-        stride_b_state,
-        stride_c_batch,
-        stride_c_group,
-        stride_c_state,
-        stride_b_pos,
-        stride_c_pos,
-        stride_dy_batch,
-        stride_dy_dim,
-        HAS_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        REDUCE_BC: tl.constexpr,
-        REORDER: tl.constexpr,
-        N_PAD: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_L: tl.constexpr,
-        SUB_L: tl.constexpr,
-        UNROLL: tl.constexpr,
-        VEC: tl.constexpr,
-    ):
-        """Backward, one position per loop step (no associative scan), chunks of BLOCK_L positions in reverse.
-
-        Per chunk: (0) dt and dt u of the chunk as one [BLOCK_D, BLOCK_L] tile (softplus vectorised, not once per
-        position and replicated over the state lanes) into scratch, in [BLOCK_D, SUB_L] pieces (few live registers);
-        (1) h recomputed forward from the saved chunk
-        start, h_{t-1} into scratch slot t - t0; (2) the reverse walk, g_t = C_t dy_t + a_{t+1} g_{t+1} in registers
-        (a_t = exp(dt_t A)), with the per-position dB_t, dC_t atomics, dA accumulated, and the two sums over the
-        states, sum_n g_t B_t and sum_n g_t a_t h_{t-1} A, into scratch; (3) du, ddelta, dD, d(delta_bias) of the
-        chunk in [BLOCK_D, SUB_L] pieces (coalesced stores)."""
-        pid_d = tl.program_id(0)
-        batch = tl.program_id(1)
-        lanes = tl.arange(0, BLOCK_D)
-        chans = pid_d * BLOCK_D + lanes
-        group = (pid_d * BLOCK_D) // channels_per_group
-        states = tl.arange(0, N_PAD)
-        state_ok = states < n_state
-        positions = tl.arange(0, SUB_L)
-
-        a_mat = tl.load(a_ptr + chans[:, None] * n_state + states[None, :], mask=state_ok[None, :], other=0.0)
-        a_mat = a_mat.to(tl.float32)
-        a_log2 = a_mat * 1.4426950408889634
-        if HAS_D:
-            d_skip = tl.load(d_ptr + chans).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + chans).to(tl.float32)
-
-        u_rows = u_ptr + batch * stride_u_batch + (chans % u_channels)[:, None] * stride_u_dim
-        delta_rows = delta_ptr + batch * stride_delta_batch + chans[:, None] * stride_delta_dim
-        dy_rows = dy_ptr + batch * stride_dy_batch + chans * stride_dy_dim
-        dy_tile_rows = dy_ptr + batch * stride_dy_batch + chans[:, None] * stride_dy_dim
-        grad_rows = (batch * dim + chans[:, None]) * length  # du, ddelta: contiguous (batch, dim, L)
-        b_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states * stride_b_state
-        c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states * stride_c_state
-        dbc_rows = (batch * n_groups + group) * length * n_state + states  # dB, dC: position-major (batch, G, L, N)
-        state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
-        # This program's scratch: BLOCK_L slots of [BLOCK_D, N_PAD] (slot i: h_{t0 + i - 1}, slot 0 the saved start),
-        # then four [BLOCK_L, BLOCK_D] position-major vectors: dt, dt u, sum_n g B, sum_n g a h A.
-        slot_size = BLOCK_D * N_PAD
-        vec_size = BLOCK_L * BLOCK_D
-        program = batch * tl.num_programs(0) + pid_d
-        scratch = scratch_ptr + program * (BLOCK_L * slot_size + 4 * vec_size)
-        h_slots = scratch + lanes[:, None] * N_PAD + states[None, :]
-        vec_rows = scratch + BLOCK_L * slot_size + lanes  # + k * vec_size + i * BLOCK_D
-        vec_tile = scratch + BLOCK_L * slot_size + positions[None, :] * BLOCK_D + lanes[:, None]
-        # VEC: [BLOCK_D, 8] tiles of the same vectors (+ idx[None, :] * BLOCK_D) and [N, 8] tiles of B, C, dB, dC.
-        steps = tl.arange(0, 8)
-        vec8_rows = scratch + BLOCK_L * slot_size + lanes[:, None]
-        b_tile_rows = b_ptr + batch * stride_b_batch + group * stride_b_group + states[:, None] * stride_b_state
-        c_tile_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
-        dbc_tile_rows = (batch * n_groups + group) * length * n_state + states[:, None]
-
-        g = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # dL/dh_t (through y_t and all later positions)
-        a_next = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)  # a_{t+1}; times g_{t+1} = 0 past the end
-        da_acc = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
-        dd_acc = tl.zeros([BLOCK_D, SUB_L], dtype=tl.float32)  # summed over the positions at the end
-        dbias_acc = tl.zeros([BLOCK_D, SUB_L], dtype=tl.float32)
-        for step in range(0, n_tiles):
-            tile = n_tiles - 1 - step
-            start = tile * BLOCK_L
-            n_pos = tl.minimum(length - start, BLOCK_L)
-            n_sub = tl.cdiv(n_pos, SUB_L)
-            # (0) dt, dt u of the chunk.
-            for q in range(0, n_sub):
-                offs = start + q * SUB_L + positions[None, :]
-                pos_ok = offs < length
-                mem = _memory_position(order_ptr, group, offs, length, REORDER)
-                u = tl.load(u_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
-                x = tl.load(delta_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    x += bias[:, None]
-                dt = _softplus(x)
-                tl.store(vec_tile + q * (SUB_L * BLOCK_D), dt)
-                tl.store(vec_tile + q * (SUB_L * BLOCK_D) + vec_size, dt * u)
-            tl.debug_barrier()  # scratch written and read by different threads of the program
-            if VEC:
-                # Version 7 ("vec"): phases (1) and (2) in steps of 8 positions whose operands are all loaded as
-                # tiles before their arithmetic (as in the vec forward), so each step waits for one load latency,
-                # not one per position; the 8 positions' dB / dC rows go out as one [N, 8] atomic each and the two
-                # per-channel sums as one [BLOCK_D, 8] store each. Positions past the chunk read dt = dt u = 0 (the
-                # state stays) and dy = B = C = 0 (g stays 0: they exist only at the end of the sequence).
-                h = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
-                for i0 in range(0, n_pos, 8):
-                    idx = i0 + steps
-                    in_chunk = idx < n_pos
-                    mem8 = _memory_position(order_ptr, group, start + idx, length, REORDER)
-                    dt_t = tl.load(vec8_rows + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
-                    du_t = tl.load(vec8_rows + vec_size + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
-                    bc_mask = state_ok[:, None] & in_chunk[None, :]
-                    b_t = tl.load(b_tile_rows + mem8[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
-                    dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
-                    du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(du_t)
-                    b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_t)
-                    tl.store(h_slots + i0 * slot_size, h)
-                    h = _state_step(h, a_log2, dt0, du0, b0)
-                    tl.store(h_slots + (i0 + 1) * slot_size, h)
-                    h = _state_step(h, a_log2, dt1, du1, b1)
-                    tl.store(h_slots + (i0 + 2) * slot_size, h)
-                    h = _state_step(h, a_log2, dt2, du2, b2)
-                    tl.store(h_slots + (i0 + 3) * slot_size, h)
-                    h = _state_step(h, a_log2, dt3, du3, b3)
-                    tl.store(h_slots + (i0 + 4) * slot_size, h)
-                    h = _state_step(h, a_log2, dt4, du4, b4)
-                    tl.store(h_slots + (i0 + 5) * slot_size, h)
-                    h = _state_step(h, a_log2, dt5, du5, b5)
-                    tl.store(h_slots + (i0 + 6) * slot_size, h)
-                    h = _state_step(h, a_log2, dt6, du6, b6)
-                    tl.store(h_slots + (i0 + 7) * slot_size, h)
-                    h = _state_step(h, a_log2, dt7, du7, b7)
-                tl.debug_barrier()
-                n_steps = tl.cdiv(n_pos, 8)
-                for jj in range(0, n_steps):
-                    i0 = (n_steps - 1 - jj) * 8
-                    idx = i0 + steps
-                    in_chunk = idx < n_pos
-                    mem8 = _memory_position(order_ptr, group, start + idx, length, REORDER)
-                    hp0 = tl.load(h_slots + i0 * slot_size)
-                    hp1 = tl.load(h_slots + (i0 + 1) * slot_size)
-                    hp2 = tl.load(h_slots + (i0 + 2) * slot_size)
-                    hp3 = tl.load(h_slots + (i0 + 3) * slot_size)
-                    hp4 = tl.load(h_slots + (i0 + 4) * slot_size)
-                    hp5 = tl.load(h_slots + (i0 + 5) * slot_size)
-                    hp6 = tl.load(h_slots + (i0 + 6) * slot_size)
-                    hp7 = tl.load(h_slots + (i0 + 7) * slot_size)
-                    dt_t = tl.load(vec8_rows + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
-                    du_t = tl.load(vec8_rows + vec_size + idx[None, :] * BLOCK_D, mask=in_chunk[None, :], other=0.0)
-                    dy_t = tl.load(dy_tile_rows + mem8[None, :], mask=in_chunk[None, :], other=0.0).to(tl.float32)
-                    bc_mask = state_ok[:, None] & in_chunk[None, :]
-                    b_t = tl.load(b_tile_rows + mem8[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
-                    c_t = tl.load(c_tile_rows + mem8[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
-                    dt0, dt1, dt2, dt3, dt4, dt5, dt6, dt7 = _eight_columns(dt_t)
-                    du0, du1, du2, du3, du4, du5, du6, du7 = _eight_columns(du_t)
-                    dy0, dy1, dy2, dy3, dy4, dy5, dy6, dy7 = _eight_columns(dy_t)
-                    b0, b1, b2, b3, b4, b5, b6, b7 = _eight_columns(b_t)
-                    c0, c1, c2, c3, c4, c5, c6, c7 = _eight_columns(c_t)
-                    # h_t of position i0 + k is h_prev of position i0 + k + 1 (hp_{k+1}); of i0 + 7, the carried h.
-                    g, a_next, da_acc, dc7, db7, gb7, gah7 = _bwd_step(
-                        g, a_next, da_acc, h, hp7, dt7, du7, dy7, b7, c7, a_log2, a_mat
-                    )
-                    g, a_next, da_acc, dc6, db6, gb6, gah6 = _bwd_step(
-                        g, a_next, da_acc, hp7, hp6, dt6, du6, dy6, b6, c6, a_log2, a_mat
-                    )
-                    g, a_next, da_acc, dc5, db5, gb5, gah5 = _bwd_step(
-                        g, a_next, da_acc, hp6, hp5, dt5, du5, dy5, b5, c5, a_log2, a_mat
-                    )
-                    g, a_next, da_acc, dc4, db4, gb4, gah4 = _bwd_step(
-                        g, a_next, da_acc, hp5, hp4, dt4, du4, dy4, b4, c4, a_log2, a_mat
-                    )
-                    g, a_next, da_acc, dc3, db3, gb3, gah3 = _bwd_step(
-                        g, a_next, da_acc, hp4, hp3, dt3, du3, dy3, b3, c3, a_log2, a_mat
-                    )
-                    g, a_next, da_acc, dc2, db2, gb2, gah2 = _bwd_step(
-                        g, a_next, da_acc, hp3, hp2, dt2, du2, dy2, b2, c2, a_log2, a_mat
-                    )
-                    g, a_next, da_acc, dc1, db1, gb1, gah1 = _bwd_step(
-                        g, a_next, da_acc, hp2, hp1, dt1, du1, dy1, b1, c1, a_log2, a_mat
-                    )
-                    g, a_next, da_acc, dc0, db0, gb0, gah0 = _bwd_step(
-                        g, a_next, da_acc, hp1, hp0, dt0, du0, dy0, b0, c0, a_log2, a_mat
-                    )
-                    h = hp0
-                    if REDUCE_BC:
-                        bc_at = dbc_tile_rows + mem8[None, :] * n_state
-                        dc_t = _join_eight_columns(dc0, dc1, dc2, dc3, dc4, dc5, dc6, dc7)
-                        db_t = _join_eight_columns(db0, db1, db2, db3, db4, db5, db6, db7)
-                        tl.atomic_add(dc_ptr + bc_at, dc_t, mask=bc_mask, sem="relaxed")
-                        tl.atomic_add(db_ptr + bc_at, db_t, mask=bc_mask, sem="relaxed")
-                    gb_t = _join_eight_columns(gb0, gb1, gb2, gb3, gb4, gb5, gb6, gb7)
-                    gah_t = _join_eight_columns(gah0, gah1, gah2, gah3, gah4, gah5, gah6, gah7)
-                    tl.store(vec8_rows + 2 * vec_size + idx[None, :] * BLOCK_D, gb_t)
-                    tl.store(vec8_rows + 3 * vec_size + idx[None, :] * BLOCK_D, gah_t)
-            else:
-                # (1) Recompute the chunk's states from its saved start; h ends as h_{last} in registers.
-                h = tl.load(state_rows + tile * n_state, mask=state_ok[None, :], other=0.0)
-                for i in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
-                    tl.store(h_slots + i * slot_size, h)
-                    dt_i = tl.load(vec_rows + i * BLOCK_D)
-                    dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
-                    mem = _memory_position(order_ptr, group, start + i, length, REORDER)
-                    b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-                    h = _state_step(h, a_log2, dt_i, dt_u_i, b_col)
-                tl.debug_barrier()
-                # (2) Reverse walk: h = h_t (registers), h_prev = h_{t-1} (scratch).
-                for j in tl.range(0, n_pos, loop_unroll_factor=UNROLL):
-                    i = n_pos - 1 - j
-                    mem = _memory_position(order_ptr, group, start + i, length, REORDER)
-                    h_prev = tl.load(h_slots + i * slot_size)
-                    dt_i = tl.load(vec_rows + i * BLOCK_D)
-                    dt_u_i = tl.load(vec_rows + vec_size + i * BLOCK_D)
-                    dy = tl.load(dy_rows + mem).to(tl.float32)
-                    b_col = tl.load(b_rows + mem * stride_b_pos, mask=state_ok, other=0.0).to(tl.float32)
-                    c_col = tl.load(c_rows + mem * stride_c_pos, mask=state_ok, other=0.0).to(tl.float32)
-                    g, a_next, da_acc, dc, db, g_b, g_ah = _bwd_step(
-                        g, a_next, da_acc, h, h_prev, dt_i, dt_u_i, dy, b_col, c_col, a_log2, a_mat
-                    )
-                    if REDUCE_BC:
-                        bc_at = dbc_rows + mem * n_state
-                        tl.atomic_add(dc_ptr + bc_at, dc, mask=state_ok, sem="relaxed")
-                        tl.atomic_add(db_ptr + bc_at, db, mask=state_ok, sem="relaxed")
-                    tl.store(vec_rows + 2 * vec_size + i * BLOCK_D, g_b)
-                    tl.store(vec_rows + 3 * vec_size + i * BLOCK_D, g_ah)
-                    h = h_prev
-            tl.debug_barrier()
-            # (3) du_t = dt_t sum_n g_t B_t + D dy_t; ddt_t = u_t sum_n g_t B_t + sum_n g_t a_t h_{t-1} A;
-            # ddelta_t = ddt_t softplus'(x_t) = ddt_t sigmoid(x_t) (softplus is the identity above 20).
-            for q in range(0, n_sub):
-                offs = start + q * SUB_L + positions[None, :]
-                pos_ok = offs < length
-                mem = _memory_position(order_ptr, group, offs, length, REORDER)
-                vec_q = vec_tile + q * (SUB_L * BLOCK_D)
-                u = tl.load(u_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
-                x = tl.load(delta_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    x += bias[:, None]
-                dt = tl.load(vec_q)
-                g_b = tl.load(vec_q + 2 * vec_size, mask=pos_ok, other=0.0)  # past the end: never written
-                ddt = u * g_b + tl.load(vec_q + 3 * vec_size, mask=pos_ok, other=0.0)
-                du = dt * g_b
-                if HAS_D:
-                    dy_tile = tl.load(dy_tile_rows + mem, mask=pos_ok, other=0.0).to(tl.float32)
-                    du += d_skip[:, None] * dy_tile
-                    dd_acc += dy_tile * u
-                ddelta = tl.where(x > 20.0, ddt, ddt / (1.0 + tl.exp(-x)))
-                ddelta = tl.where(pos_ok, ddelta, 0.0)
-                if HAS_BIAS:
-                    dbias_acc += ddelta
-                tl.store(du_ptr + grad_rows + mem, du.to(du_ptr.dtype.element_ty), mask=pos_ok)
-                tl.store(ddelta_ptr + grad_rows + mem, ddelta.to(ddelta_ptr.dtype.element_ty), mask=pos_ok)
-
-        tl.atomic_add(
-            da_ptr + chans[:, None] * n_state + states[None, :], da_acc, mask=state_ok[None, :], sem="relaxed"
-        )
-        if HAS_D:
-            tl.atomic_add(dd_ptr + chans, tl.sum(dd_acc, axis=1), sem="relaxed")
-        if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + chans, tl.sum(dbias_acc, axis=1), sem="relaxed")
 
     @triton.jit
     def _reg_walk_eight(g, a_next, da_acc, h, a_log2, a_mat, dt_t, dtu_t, dy_t, b_t, c_t):
@@ -1080,19 +417,18 @@ if triton is not None:
         BLOCK_L: tl.constexpr,
         T: tl.constexpr,
     ):
-        """Backward in T-position steps (T = 8, or 4) with every value in registers (version 8, "reg"): no scratch,
-        no barriers.
+        """Backward in T-position steps (T = 8, or 4) with every value in registers: no scratch, no barriers.
 
         The steps run from the sequence's end to its start. Per step: its u, delta, dy tiles ([BLOCK_D, T]) and B, C
         tiles ([N, T]) arrive from the previous iteration's prefetch (the next step's loads are issued before this
         step's arithmetic, so their latency hides behind it); the state at the step's start is the forward's saved
         one (BLOCK_L = T) or is carried there from the saved one over the earlier steps of its BLOCK_L chunk; the
         step's T states are recomputed into registers and walked in reverse (`_reg_walk_eight` / `_reg_walk_four`,
-        version 7's `_bwd_step` per position); dB / dC go out as one [N, T] atomic each; du, ddelta, dD and
+        `_bwd_step` per position); dB / dC go out as one [N, T] atomic each; du, ddelta, dD and
         d(delta_bias) of the step are finished as tiles at once.
-        Against version 7 this drops the per-program scratch (per position a [BLOCK_D, N] state written and read
-        back through L2, and dt, dt u and the two sums over the states), its four barriers per chunk and the
-        chunk's separate prologue and epilogue passes."""
+        Against version 7 (the same arithmetic with the chunk's states, dt, dt u and the two sums over the states
+        in a per-program scratch buffer) this drops ~7 GB of L2 round trips per stage-0 scan, four barriers per
+        chunk and the chunk's separate prologue and epilogue passes."""
         pid_d = tl.program_id(0)
         batch = tl.program_id(1)
         chans = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -1236,13 +572,6 @@ def _position_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(2, 3).contiguous().transpose(2, 3)
 
 
-def _bwd_chunk_preference() -> int:
-    """The preferred backward tile length (= the training forward's checkpoint spacing) of the current BWD_KIND."""
-    if BWD_KIND not in BWD_KINDS:
-        raise ValueError(f"triton_scan.BWD_KIND must be one of {BWD_KINDS}, got {BWD_KIND!r}")
-    return {"tile": BWD_BLOCK_L, "reg": BWD_REG_CHUNK}.get(BWD_KIND, BWD_SEQ_CHUNK)
-
-
 def _forward(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -1252,42 +581,29 @@ def _forward(
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     save_state: bool,
-    block_l: int | None = None,
     orders: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel; returns y (delta's shape, u's dtype) and, with save_state, the tile-start states.
-
-    Tile sizes come from the module constants at call time (scripts/benchmark_scan.py sweeps them); block_l overrides
-    FWD_BLOCK_L (the training forward uses the backward's tile length). orders: see triton_selective_scan."""
-    block_d, num_warps = FWD_BLOCK_D, FWD_WARPS
-    block_l = FWD_BLOCK_L if block_l is None else block_l
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Launch the forward kernel; returns y (delta's shape, u's dtype), with save_state the states before every
+    chunk-th position, (batch, dim, n_chunks, N) fp32 (else None), and the chunk length. Tile sizes come from the
+    module constants at call time (scripts/benchmark_scan.py sweeps them). orders: see triton_selective_scan."""
     batch, dim, length = delta.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
-    block_d = _block_d(per_group, block_d)
-    block_l = _tile_length(length, block_l)
-    n_tiles = triton.cdiv(length, block_l)
+    block_d = _block_d(per_group, FWD_BLOCK_D)
+    chunk = _tile_length(length, BWD_CHUNK)
+    if chunk % 8:  # the forward's 8-position steps must start every saved-state chunk, the backward's steps divide it
+        raise ValueError(f"triton_scan.BWD_CHUNK must be a multiple of 8, got {BWD_CHUNK}")
+    n_chunks = triton.cdiv(length, chunk)
     y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)  # in memory order, like delta
     state = (
-        torch.empty((batch, dim, n_tiles, n_state), device=u.device, dtype=torch.float32)
+        torch.empty((batch, dim, n_chunks, n_state), device=u.device, dtype=torch.float32)
         if save_state
         else y  # never written (SAVE_STATE=False), any pointer does
     )
     a_fp32 = A.float().contiguous()
-    if FWD_BC_POSITION_MAJOR:
-        B, C = _position_major(B), _position_major(C)
-    if FWD_KIND not in FWD_KINDS:
-        raise ValueError(f"triton_scan.FWD_KIND must be one of {FWD_KINDS}, got {FWD_KIND!r}")
-    kernel, extra = _scan_fwd_kernel, {}
-    if FWD_KIND == "seq":
-        block_d, num_warps = _block_d(per_group, FWD_SEQ_BLOCK_D), FWD_SEQ_WARPS
-        kernel, extra = _scan_fwd_seq_kernel, {"UNROLL": FWD_UNROLL}
-    elif FWD_KIND == "vec":
-        if save_state and block_l % 8:  # its 8-position steps must start every saved-state segment
-            raise ValueError(f"FWD_KIND 'vec' saves states every 8k positions; the backward wants {block_l}")
-        block_d, num_warps = _block_d(per_group, FWD_VEC_BLOCK_D), FWD_VEC_WARPS
-        kernel, extra = _scan_fwd_vec_kernel, ({} if FWD_VEC_MAXNREG is None else {"maxnreg": FWD_VEC_MAXNREG})
-    kernel[(dim // block_d, batch)](
+    B, C = _position_major(B), _position_major(C)
+    extra = {} if FWD_MAXNREG is None else {"maxnreg": FWD_MAXNREG}
+    _scan_fwd_vec_kernel[(dim // block_d, batch)](
         u,
         delta,
         a_fp32,
@@ -1303,7 +619,7 @@ def _forward(
         length,
         n_state,
         per_group,
-        n_tiles,
+        n_chunks,
         u.stride(0),
         u.stride(1),
         delta.stride(0),
@@ -1322,11 +638,11 @@ def _forward(
         REORDER=orders is not None,
         N_PAD=_next_pow2(n_state),
         BLOCK_D=block_d,
-        BLOCK_L=block_l,
-        num_warps=num_warps,
+        BLOCK_L=chunk,
+        num_warps=FWD_WARPS,
         **extra,
     )
-    return y, (state if save_state else None)
+    return y, (state if save_state else None), chunk
 
 
 def _backward(
@@ -1339,65 +655,32 @@ def _backward(
     delta_bias: torch.Tensor | None,
     dy: torch.Tensor,
     state: torch.Tensor,
-    block_l: int,
-    kind: str = "tile",
+    chunk: int,
     orders: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Launch the backward kernel of ``kind`` ("tile", "seq", "vec" or "reg") with the forward's tile length (the spacing of
-    the saved states); returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), du in u's shape."""
-    seq = kind in ("seq", "vec")  # "vec": the seq kernel with its two per-position loops in 8-position steps
-    position_major = seq or kind == "reg"  # B, C and dB, dC one position's N values contiguous
-    block_d, num_warps = {"tile": (BWD_BLOCK_D, BWD_WARPS), "reg": (BWD_REG_BLOCK_D, BWD_REG_WARPS)}.get(
-        kind, (BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS)
-    )
+    """Launch the backward kernel with the forward's saved states (one every ``chunk`` positions); returns (du, ddelta,
+    dA, dB, dC, dD, ddelta_bias), du in u's shape."""
+    if BWD_STEP not in (4, 8):
+        raise ValueError(f"triton_scan.BWD_STEP must be 4 or 8, got {BWD_STEP}")
     batch, dim, length = delta.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
-    block_d = _block_d(per_group, block_d)
-    n_tiles = state.shape[2]
-    n_pad = _next_pow2(n_state)
+    block_d = _block_d(per_group, BWD_BLOCK_D)
     # u shared by several groups (SS2D's fused cross-scan): channel d reads u channel d % u_channels; each group's du
     # in fp32, summed over the groups sharing a u channel below.
     shared_u = u.shape[1] != dim
     du = torch.empty((batch, dim, length), device=u.device, dtype=torch.float32 if shared_u else u.dtype)
     ddelta = torch.empty((batch, dim, length), device=u.device, dtype=delta.dtype)
-    # Accumulated with atomics across programs: fp32 and zero-initialised. dB, dC: (batch, G, L, N) memory for seq (one
-    # position's N values contiguous), (batch, G, N, L) for tile.
+    # Accumulated with atomics across programs: fp32 and zero-initialised; dB, dC position-major (batch, G, L, N).
     da = torch.zeros((dim, n_state), device=u.device, dtype=torch.float32)
-    bc_shape = (batch, n_groups, length, n_state) if position_major else (batch, n_groups, n_state, length)
-    db = torch.zeros(bc_shape, device=u.device, dtype=torch.float32)
+    db = torch.zeros((batch, n_groups, length, n_state), device=u.device, dtype=torch.float32)
     dc = torch.zeros_like(db)
     dd = torch.zeros(dim, device=u.device, dtype=torch.float32)
     dbias = torch.zeros(dim, device=u.device, dtype=torch.float32)
     a_fp32 = A.float().contiguous()
-    grid = (dim // block_d, batch)
-    if seq:
-        B, C = _position_major(B), _position_major(C)
-        if block_l & (block_l - 1) or (kind == "vec" and block_l < 8):
-            raise ValueError(
-                f"triton_scan.BWD_SEQ_CHUNK must be a power of two (at least 8 for BWD_KIND 'vec'), got {block_l}"
-            )
-        # Per program: block_l slots of [block_d, N_PAD] fp32 (a chunk's states) and 4 [block_l, block_d] vectors.
-        per_program = block_l * block_d * (n_pad + 4)
-        scratch = torch.empty(grid[0] * grid[1] * per_program, device=u.device, dtype=torch.float32)
-        # Prologue / epilogue pieces of [block_d, sub_l]: two elements per thread.
-        sub_l = max(1, min(block_l, 64 * num_warps // block_d))
-        extra = {"SUB_L": sub_l, "UNROLL": BWD_SEQ_UNROLL, "VEC": kind == "vec"}
-        kernel, extra_ptrs = _scan_bwd_seq_kernel, [scratch]
-        pos_strides = [B.stride(3), C.stride(3)]
-    elif kind == "reg":
-        B, C = _position_major(B), _position_major(C)
-        if block_l % 8:
-            raise ValueError(f"triton_scan.BWD_REG_CHUNK must be a multiple of 8, got {block_l}")
-        if BWD_REG_STEP not in (4, 8):
-            raise ValueError(f"triton_scan.BWD_REG_STEP must be 4 or 8, got {BWD_REG_STEP}")
-        kernel, extra_ptrs, extra = _scan_bwd_reg_kernel, [], {"T": BWD_REG_STEP}
-        pos_strides = [B.stride(3), C.stride(3)]
-    else:
-        kernel, extra_ptrs, extra, pos_strides = _scan_bwd_kernel, [], {}, []
-    if BWD_MAXNREG is not None and kind != "tile":
-        extra["maxnreg"] = BWD_MAXNREG
-    kernel[grid](
+    B, C = _position_major(B), _position_major(C)
+    extra = {} if BWD_MAXNREG is None else {"maxnreg": BWD_MAXNREG}
+    _scan_bwd_reg_kernel[(dim // block_d, batch)](
         u,
         delta,
         a_fp32,
@@ -1408,7 +691,6 @@ def _backward(
         dy,
         state,
         orders if orders is not None else a_fp32,  # never read without REORDER
-        *extra_ptrs,
         du,
         ddelta,
         da,
@@ -1422,7 +704,7 @@ def _backward(
         n_state,
         per_group,
         n_groups,
-        n_tiles,
+        state.shape[2],
         u.stride(0),
         u.stride(1),
         delta.stride(0),
@@ -1433,23 +715,22 @@ def _backward(
         C.stride(0),
         C.stride(1),
         C.stride(2),
-        *pos_strides,
+        B.stride(3),
+        C.stride(3),
         dy.stride(0),
         dy.stride(1),
         HAS_D=D is not None,
         HAS_BIAS=delta_bias is not None,
         REDUCE_BC=BWD_REDUCE_BC,
         REORDER=orders is not None,
-        N_PAD=n_pad,
+        N_PAD=_next_pow2(n_state),
         BLOCK_D=block_d,
-        BLOCK_L=block_l,
-        num_warps=num_warps,
+        BLOCK_L=chunk,
+        T=BWD_STEP,
+        num_warps=BWD_WARPS,
         **extra,
     )
-    if (
-        position_major
-    ):  # back to the (batch, G, N, L) shape (a transposed view; .to below copies only for a dtype change)
-        db, dc = db.transpose(2, 3), dc.transpose(2, 3)
+    db, dc = db.transpose(2, 3), dc.transpose(2, 3)  # (batch, G, N, L) views; .to below copies only for a dtype change
     if shared_u:
         du = du.view(batch, dim // u.shape[1], u.shape[1], length).sum(dim=1).to(u.dtype)
     return (
@@ -1464,22 +745,20 @@ def _backward(
 
 
 class TritonSelectiveScan(torch.autograd.Function):
-    """Differentiable Triton selective scan; saves the inputs plus the (batch, dim, n_tiles, N) fp32 tile states."""
+    """Differentiable Triton selective scan; saves the inputs plus the (batch, dim, n_chunks, N) fp32 chunk states."""
 
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, D, delta_bias, orders):  # type: ignore[override]
-        # The saved states are the backward's tile starts, so the forward runs with the backward's tile length.
-        preferred = _bwd_chunk_preference()
-        y, state = _forward(u, delta, A, B, C, D, delta_bias, save_state=True, block_l=preferred, orders=orders)
+        y, state, chunk = _forward(u, delta, A, B, C, D, delta_bias, save_state=True, orders=orders)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, state, orders)
-        ctx.block_l, ctx.bwd_kind = _tile_length(delta.shape[2], preferred), BWD_KIND
+        ctx.chunk = chunk
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):  # type: ignore[override]
         u, delta, A, B, C, D, delta_bias, state, orders = ctx.saved_tensors
         dy = last_dim_contiguous(dy)
-        grads = _backward(u, delta, A, B, C, D, delta_bias, dy, state, ctx.block_l, ctx.bwd_kind, orders)
+        grads = _backward(u, delta, A, B, C, D, delta_bias, dy, state, ctx.chunk, orders)
         return (*grads, None)
 
 

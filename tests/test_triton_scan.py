@@ -80,70 +80,32 @@ def test_bad_shapes_raise_before_any_kernel_runs(index, bad_shape, message):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
-@pytest.mark.parametrize("forward_kind", ["tile", "seq", "vec"])
-@pytest.mark.parametrize("bc_position_major", [True, False], ids=["bc_position_major", "bc_as_given"])
+@pytest.mark.parametrize("step", [8, 4])
 @pytest.mark.parametrize(
-    "dtype, batch, dim, length, d_state, groups",
+    "dtype, batch, dim, length, d_state, groups, block_d, chunk, skip_and_bias",
     [
-        (torch.float32, 2, 8, 37, 4, 4),  # L not a multiple of the tile, two tiles
-        (torch.float64, 1, 4, 20, 5, None),  # N not a power of two, ungrouped B/C, fp64 in (fp32 inside)
+        # 2 groups of 16 channels, 2 programs per group; chunks 16 + 16 + 5 (partial last chunk and step); fp64 in
+        # (fp32 inside)
+        (torch.float64, 2, 32, 37, 4, 2, 8, 16, True),
+        # N not a power of two (padded 5 -> 8), ungrouped B/C, 2 programs; chunks 8 + 8 + 4; no D, no delta_bias
+        (torch.float32, 1, 8, 20, 5, None, 4, 8, False),
+        # the sequence shorter than one step; 4 groups of 2 channels, one program each
+        (torch.float32, 1, 8, 5, 4, 4, 2, 16, True),
+        # one chunk of 16 = two 8-position steps (four 4-position ones), the later ones carried from the saved state
+        (torch.float64, 1, 8, 16, 4, 4, 2, 16, True),
+        # two batch items, L not a multiple of 8, chunks of 8
+        (torch.float32, 2, 8, 37, 4, 4, 2, 8, True),
     ],
 )
 def test_interpreter_matches_torch_scan(
-    monkeypatch, forward_kind, bc_position_major, dtype, batch, dim, length, d_state, groups
+    monkeypatch, dtype, batch, dim, length, d_state, groups, block_d, chunk, skip_and_bias, step
 ):
-    monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
-    monkeypatch.setattr(triton_scan, "FWD_BC_POSITION_MAJOR", bc_position_major)
-    monkeypatch.setattr(triton_scan, "BWD_BLOCK_L", 16)  # several tiles even on short sequences
-    inputs = make_inputs(1, batch, dim, length, d_state, groups, dtype)
-    dy = torch.randn(batch, dim, length, dtype=dtype, generator=torch.Generator().manual_seed(2))
-    got = output_and_grads(triton_scan.triton_selective_scan, inputs, dy)
-    ref = output_and_grads(torch_scan, [t.double() for t in inputs], dy.double())
-    for name, x, r in zip(("y",) + GRAD_NAMES, got, ref):
-        assert x.dtype == dtype and x.shape == r.shape, name
-        assert rel_err(x, r) < 1e-5, name
-    # Inference path (no autograd): same output.
-    with torch.no_grad():
-        assert rel_err(triton_scan.triton_selective_scan(*inputs), ref[0]) < 1e-5
-
-
-def set_backward_kind(monkeypatch, backward_kind):
-    """BWD_KIND, with "reg4" for the reg backward in 4-position steps (BWD_REG_STEP = 4)."""
-    monkeypatch.setattr(triton_scan, "BWD_KIND", "reg" if backward_kind == "reg4" else backward_kind)
-    monkeypatch.setattr(triton_scan, "BWD_REG_STEP", 4 if backward_kind == "reg4" else 8)
-
-
-@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
-@pytest.mark.parametrize(
-    "dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias",
-    [
-        # 2 groups of 16 channels, 2 programs per group; chunks 16 + 16 + 5 (partial last), prologue / epilogue in
-        # pieces of 8 positions (the last one partial); fp64 in (fp32 inside)
-        (torch.float64, 2, 32, 37, 4, 2, 8, 16, "seq", True),
-        # N not a power of two, ungrouped B/C, 2 programs; chunks 8 + 8 + 4; no D, no delta_bias; tile forward
-        (torch.float32, 1, 8, 20, 5, None, 4, 8, "tile", False),
-        # the sequence shorter than one chunk; 4 groups of 2 channels, one program each
-        (torch.float32, 1, 8, 5, 4, 4, 2, 16, "seq", True),
-        # the vec forward: chunks of 8 = its steps, N padded 5 -> 8, no D, no delta_bias; then 5 positions, one
-        # partial step
-        (torch.float32, 1, 8, 20, 5, None, 4, 8, "vec", False),
-        (torch.float64, 1, 8, 5, 4, 4, 2, 16, "vec", True),
-    ],
-)
-@pytest.mark.parametrize("backward_kind", ["seq", "vec", "reg", "reg4"])
-def test_interpreter_seq_backward_matches_torch_scan(
-    monkeypatch, dtype, batch, dim, length, d_state, groups, block_d, chunk, forward_kind, skip_and_bias, backward_kind
-):
-    """The seq backward, its 8-position-step variant ("vec") and the all-register one ("reg", "reg4": 4-position
-    steps, so every second step carries the saved state): chunks of 8 and 16 (one or two steps), partial last chunks
-    and steps."""
-    set_backward_kind(monkeypatch, backward_kind)
-    monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", block_d)
-    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", chunk)
-    monkeypatch.setattr(triton_scan, "BWD_REG_BLOCK_D", block_d)
-    monkeypatch.setattr(triton_scan, "BWD_REG_CHUNK", chunk)
-    monkeypatch.setattr(triton_scan, "BWD_SEQ_UNROLL", 3)  # a remainder in every chunk (ignored by the interpreter)
-    monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
+    """Output and every gradient against the PyTorch scan, and the inference path's output; the backward in 8- and
+    4-position steps (with 4, every second step carries the saved state over the chunk's first half)."""
+    monkeypatch.setattr(triton_scan, "BWD_BLOCK_D", block_d)
+    monkeypatch.setattr(triton_scan, "BWD_CHUNK", chunk)
+    monkeypatch.setattr(triton_scan, "BWD_STEP", step)
+    monkeypatch.setattr(triton_scan, "FWD_BLOCK_D", block_d)
     inputs = make_inputs(5, batch, dim, length, d_state, groups, dtype)
     names = ("y",) + GRAD_NAMES
     if not skip_and_bias:
@@ -158,6 +120,8 @@ def test_interpreter_seq_backward_matches_torch_scan(
     for name, x, r in zip(names, got, ref, strict=True):
         assert x.dtype == dtype and x.shape == r.shape, name
         assert rel_err(x, r) < 1e-5, name
+    with torch.no_grad():  # inference path (no autograd, no saved states): same output
+        assert rel_err(triton_scan.triton_selective_scan(*inputs), ref[0]) < 1e-5
 
 
 def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):
@@ -180,33 +144,23 @@ def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
 @pytest.mark.parametrize(
-    "forward_kind, backward_kind, u_groups, orders_kind",
+    "step, u_groups, orders_kind",
     [
-        ("tile", "tile", 4, "ss2d"),  # SS2D's fused cross-scan ("index"): 4 directions of one 5x7 map share u
-        ("seq", "seq", 4, "ss2d"),
-        ("vec", "seq", 4, "ss2d"),  # 35 positions: four 8-position steps and a partial fifth
-        ("vec", "vec", 4, "ss2d"),  # the vec backward: chunks 16 + 16 + 3, its last step partial
-        ("vec", "reg", 4, "ss2d"),  # the reg backward: chunks of 16 = two steps, the first carried over
-        ("seq", "reg", 1, "random"),
-        ("vec", "reg4", 4, "ss2d"),
-        ("seq", "vec", 1, "random"),
-        ("vec", "tile", 1, "random"),
-        ("seq", "tile", 2, "pair"),  # "pair": 2 copies of u, each walked forward and backward
-        ("seq", "tile", 1, "random"),  # any permutation per group, u per channel
-        ("tile", "seq", 1, "random"),
+        (8, 4, "ss2d"),  # SS2D's fused cross-scan ("index"): 4 directions of one 5x7 map share u; chunks 16 + 16 + 3
+        (4, 4, "ss2d"),
+        (8, 2, "pair"),  # "pair": 2 copies of u, each walked forward and backward
+        (8, 1, "random"),  # any permutation per group, u per channel
+        (4, 1, "random"),
     ],
 )
-def test_interpreter_orders_match_gathered_torch_scan(monkeypatch, forward_kind, backward_kind, u_groups, orders_kind):
+def test_interpreter_orders_match_gathered_torch_scan(monkeypatch, step, u_groups, orders_kind):
     """u_groups: how many groups share each u channel."""
     from scripts.networks.mamba_unet import _direction_orders
 
-    monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
-    set_backward_kind(monkeypatch, backward_kind)
-    monkeypatch.setattr(triton_scan, "BWD_BLOCK_L", 16)  # tiles 16 + 16 + 3: a partial last tile
-    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 16)
-    monkeypatch.setattr(triton_scan, "BWD_SEQ_BLOCK_D", 2)  # 2 programs per group
-    monkeypatch.setattr(triton_scan, "BWD_REG_CHUNK", 16)
-    monkeypatch.setattr(triton_scan, "BWD_REG_BLOCK_D", 2)
+    monkeypatch.setattr(triton_scan, "BWD_CHUNK", 16)  # chunks 16 + 16 + 3: a partial last chunk and step
+    monkeypatch.setattr(triton_scan, "BWD_STEP", step)
+    monkeypatch.setattr(triton_scan, "BWD_BLOCK_D", 2)  # 2 programs per group
+    monkeypatch.setattr(triton_scan, "FWD_BLOCK_D", 2)
     batch, dim, groups, height, width = 1, 16, 4, 5, 7
     length = height * width
     inputs = make_inputs(7, batch, dim, length, 4, groups, torch.float32)
@@ -254,50 +208,28 @@ def test_bad_orders_raise_before_any_kernel_runs(orders, u_channels, message):
 
 
 @pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
-def test_unknown_forward_kind_and_vec_with_a_short_chunk_raise(monkeypatch):
-    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32)]
-    monkeypatch.setattr(triton_scan, "FWD_KIND", "fast")
-    with pytest.raises(ValueError, match="FWD_KIND must be one of"):
+def test_bad_chunk_or_step_raises(monkeypatch):
+    device = "cuda" if ON_GPU else "cpu"
+    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 16, 4, 2, torch.float32, device=device)]
+    monkeypatch.setattr(triton_scan, "BWD_CHUNK", 12)  # states every 12 positions: not whole 8-position steps
+    with pytest.raises(ValueError, match="BWD_CHUNK must be a multiple of 8"):
         triton_scan.triton_selective_scan(*inputs)
-    monkeypatch.setattr(triton_scan, "FWD_KIND", "vec")
-    monkeypatch.setattr(triton_scan, "BWD_KIND", "seq")
-    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 4)  # states every 4 positions: not a multiple of vec's 8
-    with pytest.raises(ValueError, match="saves states every 8k positions"):
-        triton_scan.triton_selective_scan(*inputs)
-
-
-@pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
-def test_unknown_backward_kind_raises(monkeypatch):
-    monkeypatch.setattr(triton_scan, "BWD_KIND", "scan")
-    device = "cuda" if ON_GPU else "cpu"  # the vec check below runs the forward kernel first
-    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 8, 4, 2, torch.float32, device=device)]
-    with pytest.raises(ValueError, match="BWD_KIND must be one of"):
-        triton_scan.triton_selective_scan(*inputs)
-    monkeypatch.setattr(triton_scan, "BWD_KIND", "vec")
-    monkeypatch.setattr(triton_scan, "FWD_KIND", "seq")
-    monkeypatch.setattr(triton_scan, "BWD_SEQ_CHUNK", 4)  # its steps are 8 positions
+    monkeypatch.setattr(triton_scan, "BWD_CHUNK", 8)
+    monkeypatch.setattr(triton_scan, "BWD_STEP", 2)
     y = triton_scan.triton_selective_scan(*inputs)
-    with pytest.raises(ValueError, match="at least 8 for BWD_KIND 'vec'"):
-        y.sum().backward()
-    monkeypatch.setattr(triton_scan, "BWD_KIND", "reg")
-    monkeypatch.setattr(triton_scan, "BWD_REG_CHUNK", 12)  # states every 12 positions: not whole 8-position steps
-    y = triton_scan.triton_selective_scan(*inputs)
-    with pytest.raises(ValueError, match="BWD_REG_CHUNK must be a multiple of 8"):
+    with pytest.raises(ValueError, match="BWD_STEP must be 4 or 8"):
         y.sum().backward()
 
 
 @pytest.mark.skipif(not (ON_GPU and mamba_ssm_available()), reason="needs CUDA, Triton and mamba-ssm")
-@pytest.mark.parametrize(
-    "forward_kind, backward_kind",
-    [("seq", "tile"), ("seq", "seq"), ("vec", "seq"), ("vec", "vec"), ("vec", "reg"), ("vec", "reg4")],
-    ids=["tile", "seq", "vec-seq", "vec-vec", "vec-reg", "vec-reg4"],
-)
+@pytest.mark.parametrize("step", [8, 4])
 @pytest.mark.parametrize("d_inner, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
-def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, forward_kind, backward_kind, d_inner, side):
+def test_gpu_matches_mamba_ssm_on_ss2d_shapes(monkeypatch, step, d_inner, side):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    monkeypatch.setattr(triton_scan, "FWD_KIND", forward_kind)
-    set_backward_kind(monkeypatch, backward_kind)
+    monkeypatch.setattr(triton_scan, "BWD_STEP", step)
+    if step == 4:
+        monkeypatch.setattr(triton_scan, "BWD_BLOCK_D", 16)  # the configuration 4-position steps are meant for
 
     def mamba(u, delta, A, B, C, D, delta_bias):
         return selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=True)

@@ -37,7 +37,8 @@ NUM_DIRECTIONS = 4  # SS2D scans: row-major, column-major, and both reversed
 # "index" keeps only the row-major map and the kernel walks every direction's pixel order by index (no copy, strided
 # reads for the column-major directions). Both fused modes: SS2D._fused_triton_scan. "gather" is the default: on one
 # H100 (bf16 step, seq backward) it trained at 257 img/s against 225 for "pair" (slower backward at stages 0/1) and
-# the index mode's strided reads made its scans 2x slower (docs/performance.md, version 5).
+# the index mode's strided reads made its scans 2x slower (docs/performance.md, version 5; not re-measured with the
+# version-8 backward).
 TRITON_CROSS_SCAN = "gather"
 TRITON_CROSS_SCAN_MODES = ("gather", "pair", "index")
 

@@ -2,9 +2,10 @@
 
 ``python -m scripts.benchmark [--networks mamba_unet,unet,swin_unet] [--batch 24] [--size 224] [--steps N]
 [--amp bf16|none] [--compile [--compile_mode MODE]] [--pipeline_iters N] [--dataset_dir DIR]
-[--triton_cross_scan pair|index|gather] [--profile N]``
+[--triton_cross_scan pair|index|gather] [--cross_scan_impl gather|views|auto] [--profile N]``
 prints, per network (the scan backend follows ``MAMBA_UNET_SCAN``; on ``triton``, ``--triton_cross_scan`` sets how
-SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN):
+SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN; ``--cross_scan_impl`` how the
+gathered directions are copied, see mamba_unet.CROSS_SCAN_IMPL):
 
 - training img/s and ms/step: forward + DiceCE loss + backward + SGD step on a batch already on the device, each step
   timed with CUDA events (wall clock on CPU) after warm-up; the median step;
@@ -44,7 +45,7 @@ import torch
 from torch.autograd import DeviceType
 
 from scripts.networks import mamba_unet
-from scripts.networks.mamba_unet import TRITON_CROSS_SCAN_MODES
+from scripts.networks.mamba_unet import CROSS_SCAN_IMPLS, TRITON_CROSS_SCAN_MODES
 from scripts.selective_scan import SCAN_ENV_VAR
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +158,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=TRITON_CROSS_SCAN_MODES,
         default=None,
         help="on the Triton scan (MAMBA_UNET_SCAN=triton): SS2D's cross-scan mode; default mamba_unet.TRITON_CROSS_SCAN",
+    )
+    parser.add_argument(
+        "--cross_scan_impl",
+        choices=CROSS_SCAN_IMPLS,
+        default=None,
+        help="how the gathered cross-scan copies the directions; default mamba_unet.CROSS_SCAN_IMPL",
     )
     args = parser.parse_args(argv)
     args.networks = [name.strip() for name in args.networks.split(",") if name.strip()]
@@ -505,12 +512,14 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         torch.backends.cudnn.benchmark = True
     if args.triton_cross_scan is not None:
         mamba_unet.TRITON_CROSS_SCAN = args.triton_cross_scan
+    if args.cross_scan_impl is not None:
+        mamba_unet.CROSS_SCAN_IMPL = args.cross_scan_impl
     describe = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device {describe}, torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}, amp {args.amp}, "
         f"compile {args.compile} ({args.compile_mode}), tf32 {args.tf32}, {args.steps} timed steps after "
         f"{args.warmup}, scan {os.environ.get(SCAN_ENV_VAR, 'auto')} (cross-scan on Triton: "
-        f"{mamba_unet.TRITON_CROSS_SCAN})",
+        f"{mamba_unet.TRITON_CROSS_SCAN}; copies: {mamba_unet.CROSS_SCAN_IMPL})",
         flush=True,
     )
     results = []

@@ -73,3 +73,13 @@ def test_negative_profile_steps_are_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["--networks", "unet", "--profile", "-1"])
     assert "--profile" in capsys.readouterr().err
+
+
+def test_cross_scan_impl_option_sets_the_copies(monkeypatch, capsys):
+    from scripts.networks import mamba_unet
+
+    monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", mamba_unet.CROSS_SCAN_IMPL)  # restored after the test
+    argv = ["--networks", "mamba_unet", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0"]
+    (result,) = main([*argv, "--pipeline_iters", "0", "--device", "cpu", "--cross_scan_impl", "views"])
+    assert mamba_unet.CROSS_SCAN_IMPL == "views" and result.train_ms > 0
+    assert "copies: views" in capsys.readouterr().out

@@ -184,6 +184,68 @@ def test_cross_scan_orders_and_merge_inverts():
     torch.testing.assert_close(cross_merge(xs, 3, 5), 4 * x.reshape(1, 2, 15))
 
 
+def test_cross_scan_views_equal_gathers_with_gradients(monkeypatch):
+    """CROSS_SCAN_IMPL "views" (flips and transposes) computes what the gathers do, forward and backward, on a
+    non-square map; "auto" is the gathers in eager mode; an unknown value raises."""
+    from scripts.networks import mamba_unet
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    results = {}
+    for impl in ("gather", "views", "auto"):
+        monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", impl)
+        leaf = x.clone().requires_grad_()
+        xs = cross_scan(leaf)
+        weight = torch.randn(xs.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        merged = cross_merge(xs * weight, 4, 6)
+        (grad,) = torch.autograd.grad((merged * merged).sum(), leaf)
+        results[impl] = (xs.detach(), merged.detach(), grad)
+        assert xs.is_contiguous() and merged.dtype == torch.float64
+    for impl in ("views", "auto"):
+        for got, ref in zip(results[impl], results["gather"]):
+            torch.testing.assert_close(got, ref)
+    with torch.no_grad():  # the inference path of both
+        monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", "views")
+        torch.testing.assert_close(cross_merge(cross_scan(x), 4, 6), 4 * x.reshape(2, 3, 24))
+    monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", "copy")
+    with pytest.raises(ValueError, match="CROSS_SCAN_IMPL must be one of"):
+        cross_scan(x)
+
+
+def test_cross_scan_auto_picks_views_while_torch_compile_traces(monkeypatch):
+    from scripts.networks import mamba_unet
+
+    seen = []
+    resolve = mamba_unet._cross_scan_impl
+
+    def spy():
+        seen.append(resolve())
+        return seen[-1]
+
+    monkeypatch.setattr(mamba_unet, "_cross_scan_impl", spy)
+    monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", "auto")
+    x = torch.randn(1, 2, 4, 6)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: cross_merge(cross_scan(t), 4, 6), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), 4 * x.reshape(1, 2, 24))
+    assert seen and set(seen) == {"views"}
+    seen.clear()
+    cross_scan(x)
+    assert seen == ["gather"]
+    torch._dynamo.reset()
+
+
+def test_cross_scan_views_merge_sums_low_precision_in_float32(monkeypatch):
+    from scripts.networks import mamba_unet
+
+    monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", "views")
+    y = torch.randn(1, 4, 2, 6).bfloat16()
+    merged = cross_merge(y, 2, 3)
+    monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", "gather")
+    assert merged.dtype == torch.float32
+    torch.testing.assert_close(merged, cross_merge(y, 2, 3))
+
+
 def test_ss2d_matches_per_direction_reference():
     """SS2D with stacked directions == four separate scans over explicit pixel orders, summed (non-square map)."""
     torch.manual_seed(0)

@@ -41,6 +41,14 @@ NUM_DIRECTIONS = 4  # SS2D scans: row-major, column-major, and both reversed
 # version-8 backward).
 TRITON_CROSS_SCAN = "gather"
 TRITON_CROSS_SCAN_MODES = ("gather", "pair", "index")
+# How cross_scan / cross_merge move the data when the directions are gathered: "gather" (one index gather each way,
+# the backward the other gather; change 1 in docs/performance.md, the fastest eager), "views" (flip / transpose views
+# copied by one stack, the merge as flips and a transpose; the backward is autograd's), or "auto" ("views" while
+# torch.compile traces, "gather" eager). Why "views" under compile: Inductor turns the gathers into index loads whose
+# column-major directions read x with stride W (the compiled bf16 profile's gather kernels move ~335 GB/s), while it
+# can emit transposes and flips as tiled, coalesced copies. Not yet measured on the GPU, so "gather" stays the default.
+CROSS_SCAN_IMPL = "gather"
+CROSS_SCAN_IMPLS = ("gather", "views", "auto")
 
 
 def _direction_orders(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +138,15 @@ class _CrossMerge(torch.autograd.Function):
         return _gather_directions(grad.to(ctx.input_dtype), orders), None, None
 
 
+def _cross_scan_impl() -> str:
+    """CROSS_SCAN_IMPL resolved: "gather" or "views" ("auto" by whether torch.compile is tracing)."""
+    if CROSS_SCAN_IMPL not in CROSS_SCAN_IMPLS:
+        raise ValueError(f"mamba_unet.CROSS_SCAN_IMPL must be one of {CROSS_SCAN_IMPLS}, got {CROSS_SCAN_IMPL!r}")
+    if CROSS_SCAN_IMPL == "auto":
+        return "views" if torch.compiler.is_compiling() else "gather"
+    return CROSS_SCAN_IMPL
+
+
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """Unfold a feature map into the four SS2D scan sequences.
 
@@ -140,6 +157,10 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
         (B, 4, D, L) contiguous with L = H*W: [row-major, column-major, reversed row-major, reversed column-major].
     """
     batch, dim, height, width = x.shape
+    if _cross_scan_impl() == "views":
+        row_major = x.reshape(batch, dim, height * width)
+        column_major = x.transpose(2, 3).reshape(batch, dim, height * width)
+        return torch.stack([row_major, column_major, row_major.flip(-1), column_major.flip(-1)], dim=1)
     orders, inverses = _direction_orders(height, width, x.device)
     flat = x.reshape(batch, dim, height * width)
     if not (torch.is_grad_enabled() and flat.requires_grad):  # inference / torch.jit.trace: no autograd.Function
@@ -157,6 +178,12 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     Returns:
         (B, D, L) in row-major order.
     """
+    if _cross_scan_impl() == "views":
+        batch, _, dim, length = y.shape
+        wide = y.to(torch.promote_types(y.dtype, torch.float32))  # summed in float32 or wider, as the gather path
+        row_major = wide[:, 0] + wide[:, 2].flip(-1)
+        column_major = (wide[:, 1] + wide[:, 3].flip(-1)).view(batch, dim, width, height).transpose(2, 3)
+        return row_major + column_major.reshape(batch, dim, length)
     orders, inverses = _direction_orders(height, width, y.device)
     if not (torch.is_grad_enabled() and y.requires_grad):  # inference / torch.jit.trace: no autograd.Function
         return _merge_directions(y, inverses)

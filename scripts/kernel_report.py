@@ -57,13 +57,15 @@ class KernelReport:
 
 
 def cuobjdump_path() -> str:
-    """The cuobjdump that ships with Triton's NVIDIA backend; RuntimeError if there is none."""
+    """The cuobjdump that ships with Triton's NVIDIA backend (beside the ptxas the compile needs); RuntimeError if
+    either is missing."""
     import triton
 
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(path):
-        raise RuntimeError(f"scripts/kernel_report.py: no cuobjdump at {path} (Triton without its NVIDIA backend)")
-    return path
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for tool in ("ptxas", "cuobjdump"):
+        if not os.path.exists(os.path.join(bin_dir, tool)):
+            raise RuntimeError(f"scripts/kernel_report.py: no {tool} in {bin_dir} (Triton without its NVIDIA backend)")
+    return os.path.join(bin_dir, "cuobjdump")
 
 
 def compile_kernel(kernel: str, constexprs: dict[str, int | bool], num_warps: int, maxnreg: int | None = None) -> bytes:

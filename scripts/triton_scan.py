@@ -152,6 +152,18 @@ if triton is not None:
         return g, decay, da_acc, dc, db, tl.sum(g * b_col[None, :], axis=1), tl.sum(decayed_prev * a_mat, axis=1)
 
     @triton.jit
+    def _step_tiles(u_rows, delta_rows, b_rows, c_rows, stride_b_pos, stride_c_pos, mem, pos_ok, state_ok):
+        """One step's inputs in their stored dtype: u, delta as [BLOCK_D, T] and B, C as [N, T] tiles at the memory
+        positions ``mem`` (0 where not ``pos_ok`` or past N), loaded together before any arithmetic uses them."""
+        bc_mask = state_ok[:, None] & pos_ok[None, :]
+        return (
+            tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0),
+            tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0),
+            tl.load(b_rows + mem[None, :] * stride_b_pos, mask=bc_mask, other=0.0),
+            tl.load(c_rows + mem[None, :] * stride_c_pos, mask=bc_mask, other=0.0),
+        )
+
+    @triton.jit
     def _scan_fwd_vec_kernel(
         u_ptr,
         delta_ptr,
@@ -226,11 +238,15 @@ if triton is not None:
             pos = base + steps
             pos_ok = pos < length
             mem = _memory_position(order_ptr, group, pos, length, REORDER)
-            u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            delta = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0).to(tl.float32)
-            bc_mask = state_ok[:, None] & pos_ok[None, :]
-            b_tile = tl.load(b_rows + mem[None, :] * stride_b_pos, mask=bc_mask, other=0.0).to(tl.float32)
-            c_tile = tl.load(c_rows + mem[None, :] * stride_c_pos, mask=bc_mask, other=0.0).to(tl.float32)
+            u, delta, b_tile, c_tile = _step_tiles(
+                u_rows, delta_rows, b_rows, c_rows, stride_b_pos, stride_c_pos, mem, pos_ok, state_ok
+            )
+            u, delta, b_tile, c_tile = (
+                u.to(tl.float32),
+                delta.to(tl.float32),
+                b_tile.to(tl.float32),
+                c_tile.to(tl.float32),
+            )
             if HAS_BIAS:
                 delta += bias[:, None]
             dt = tl.where(pos_ok[None, :], _softplus(delta), 0.0)  # dt 0 past the end: the state stays
@@ -465,26 +481,22 @@ if triton is not None:
         pos = (n_steps - 1) * T + steps
         pos_ok = pos < length
         mem = _memory_position(order_ptr, group, pos, length, REORDER)
-        bc_mask = state_ok[:, None] & pos_ok[None, :]
-        u = tl.load(u_rows + mem[None, :], mask=pos_ok[None, :], other=0.0)
-        x = tl.load(delta_rows + mem[None, :], mask=pos_ok[None, :], other=0.0)
+        u, x, b_t, c_t = _step_tiles(
+            u_rows, delta_rows, b_rows, c_rows, stride_b_pos, stride_c_pos, mem, pos_ok, state_ok
+        )
         dy = tl.load(dy_rows + mem[None, :], mask=pos_ok[None, :], other=0.0)
-        b_t = tl.load(b_rows + mem[None, :] * stride_b_pos, mask=bc_mask, other=0.0)
-        c_t = tl.load(c_rows + mem[None, :] * stride_c_pos, mask=bc_mask, other=0.0)
         for jj in range(0, n_steps):
             base = (n_steps - 1 - jj) * T
-            chunk_start = (base // BLOCK_L) * BLOCK_L
-            h = tl.load(state_rows + (base // BLOCK_L) * n_state, mask=state_ok[None, :], other=0.0)
+            chunk = base // BLOCK_L
+            h = tl.load(state_rows + chunk * n_state, mask=state_ok[None, :], other=0.0)
             # Prefetch the previous step's tiles (at the first step: the same tiles again, never used).
             prev_pos = tl.maximum(base - T, 0) + steps
             prev_ok = prev_pos < length  # all but a sequence shorter than one step
             prev_mem = _memory_position(order_ptr, group, prev_pos, length, REORDER)
-            next_u = tl.load(u_rows + prev_mem[None, :], mask=prev_ok[None, :], other=0.0)
-            next_x = tl.load(delta_rows + prev_mem[None, :], mask=prev_ok[None, :], other=0.0)
+            next_u, next_x, next_b, next_c = _step_tiles(
+                u_rows, delta_rows, b_rows, c_rows, stride_b_pos, stride_c_pos, prev_mem, prev_ok, state_ok
+            )
             next_dy = tl.load(dy_rows + prev_mem[None, :], mask=prev_ok[None, :], other=0.0)
-            prev_bc_ok = state_ok[:, None] & prev_ok[None, :]
-            next_b = tl.load(b_rows + prev_mem[None, :] * stride_b_pos, mask=prev_bc_ok, other=0.0)
-            next_c = tl.load(c_rows + prev_mem[None, :] * stride_c_pos, mask=prev_bc_ok, other=0.0)
 
             pos_ok = base + steps < length
             mem = _memory_position(order_ptr, group, base + steps, length, REORDER)
@@ -498,7 +510,7 @@ if triton is not None:
             c_f = c_t.to(tl.float32)
             dy_f = dy.to(tl.float32)
             if BLOCK_L > T:  # carry the saved state from the chunk's start to this step's start
-                for s0 in range(chunk_start, base, T):
+                for s0 in range(chunk * BLOCK_L, base, T):
                     s_mem = _memory_position(order_ptr, group, s0 + steps, length, REORDER)
                     s_x = tl.load(delta_rows + s_mem[None, :]).to(tl.float32)
                     if HAS_BIAS:

@@ -51,6 +51,14 @@ CROSS_SCAN_IMPL = "gather"
 CROSS_SCAN_IMPLS = ("gather", "views", "auto")
 
 
+def _four_directions(row_major: torch.Tensor, height: int, width: int, dim: int) -> torch.Tensor:
+    """(..., L) in row-major pixel order -> the four SS2D scans stacked at ``dim``: [row-major, column-major, reversed
+    row-major, reversed column-major] (the one definition of the scan orders: the index orders and the "views"
+    cross-scan both come from here)."""
+    column_major = row_major.unflatten(-1, (height, width)).transpose(-1, -2).flatten(-2)
+    return torch.stack([row_major, column_major, row_major.flip(-1), column_major.flip(-1)], dim=dim)
+
+
 def _direction_orders(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel orders of the four SS2D scans and their inverses, both (4, L) int64 with L = height*width.
 
@@ -61,9 +69,7 @@ def _direction_orders(height: int, width: int, device: torch.device) -> tuple[to
     key = (height, width, str(device))
     cached = _ORDER_CACHE.get(key)
     if cached is None:
-        row_major = torch.arange(height * width, device=device)
-        column_major = row_major.view(height, width).t().reshape(-1)
-        orders = torch.stack([row_major, column_major, row_major.flip(0), column_major.flip(0)])
+        orders = _four_directions(torch.arange(height * width, device=device), height, width, dim=0)
         cached = (orders, orders.argsort(dim=1))
         _ORDER_CACHE[key] = cached
     return cached
@@ -158,9 +164,7 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """
     batch, dim, height, width = x.shape
     if _cross_scan_impl() == "views":
-        row_major = x.reshape(batch, dim, height * width)
-        column_major = x.transpose(2, 3).reshape(batch, dim, height * width)
-        return torch.stack([row_major, column_major, row_major.flip(-1), column_major.flip(-1)], dim=1)
+        return _four_directions(x.reshape(batch, dim, height * width), height, width, dim=1)
     orders, inverses = _direction_orders(height, width, x.device)
     flat = x.reshape(batch, dim, height * width)
     if not (torch.is_grad_enabled() and flat.requires_grad):  # inference / torch.jit.trace: no autograd.Function

@@ -1,10 +1,12 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
-``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--check] [--no-mamba]``
-on a CUDA machine with Triton (and mamba-ssm for the reference rows). Prints, for the scan shapes of one step (SS2D
-stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage i has d_inner 192 * 2**i at
-L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the achieved bandwidth (the fewest bytes
-each pass must move: inputs read once, outputs written once, over the time) and the speedup over mamba-ssm.
+``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--check] [--no-mamba]
+[--dtype bfloat16] [--tile NAME=VALUE ...]`` on a CUDA machine with Triton (and mamba-ssm for the reference rows).
+Prints, for the scan shapes of one step (SS2D stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage
+i has d_inner 192 * 2**i at L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the
+achieved bandwidth (the fewest bytes each pass must move: inputs read once, outputs written once, over the time) and
+the speedup over mamba-ssm. --tile sets a Triton tile constant (e.g. BWD_MAXNREG=224) for the run; the header names
+the settings used.
 
 Two step totals: "16 scans" = 4 per stage (the set the project's targets were stated for) and "network" = the scans
 MambaUNet really runs per step (encoder 2 blocks x 4 stages, decoder 2 blocks x 3 stages = 14). Each of the 4 calls of
@@ -37,6 +39,9 @@ TARGET_SCANS_PER_STAGE = (4, 4, 4, 4)
 NETWORK_SCANS_PER_STAGE = (4, 4, 4, 2)  # the bottleneck stage has no decoder twin
 DIRECTIONS, D_STATE = 4, 16
 GRAD_NAMES = ("y", "du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias")
+# The module constants of scripts/triton_scan.py that pick the kernels' tiles (--tile and the sweep set them).
+TILE_SETTINGS = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
+TILE_SETTINGS += ("BWD_MAXNREG",)
 
 ScanFn = Callable[..., torch.Tensor]
 
@@ -155,7 +160,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="time tile configurations of the Triton kernels first (bwd: only the backward's, then stop)",
     )
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
+    parser.add_argument(
+        "--tile",
+        action="append",
+        type=parse_tile,
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"set a Triton tile constant for this run ({', '.join(TILE_SETTINGS)}; VALUE an integer or None)",
+    )
     args = parser.parse_args(argv)
+    for name, value in args.tile:
+        setattr(triton_scan, name, value)
     if not torch.cuda.is_available() or not triton_scan.triton_available():
         raise SystemExit("scripts/benchmark_scan.py needs CUDA and Triton")
     dtype = getattr(torch, args.dtype)
@@ -223,10 +238,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         baseline.setdefault("row", whole)
     device = torch.cuda.get_device_name()
     print(
-        f"batch {args.batch}, {args.dtype} inputs, {device}, Triton backward {args.bwd_kind}: median of {args.steps}"
-        f" after {args.warmup} warm-up"
+        f"batch {args.batch}, {args.dtype} inputs, {device}, Triton {triton_config()}: median of {args.steps} after"
+        f" {args.warmup} warm-up"
     )
     print("\n".join(lines))
+
+
+def parse_tile(text: str) -> tuple[str, int | None]:
+    """``"BWD_MAXNREG=224"`` -> ``("BWD_MAXNREG", 224)``; ``None`` for VALUE restores Triton's own choice."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in TILE_SETTINGS:
+        raise argparse.ArgumentTypeError(
+            f"--tile wants NAME=VALUE with NAME one of {', '.join(TILE_SETTINGS)}: {text!r}"
+        )
+    if value == "None":
+        return name, None
+    try:
+        return name, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile {name}: VALUE must be an integer or None, got {value!r}") from None
+
+
+def triton_config() -> str:
+    """The Triton kernels' tile settings, as the benchmark's header prints them."""
+    return ", ".join(f"{name}={getattr(triton_scan, name)}" for name in TILE_SETTINGS)
 
 
 def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
@@ -244,9 +279,7 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     caps, then forward+backward (after the default forward) at (BLOCK_D, chunk, num_warps, step), each with its 4
     stages' times (their tail waves differ), without the dB/dC atomics (a diagnostic: wrong dB, dC), and at register
     caps. The module's constants are restored at the end."""
-    names = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
-    names += ("BWD_MAXNREG", "BWD_REDUCE_BC")
-    saved = {name: getattr(triton_scan, name) for name in names}
+    saved = {name: getattr(triton_scan, name) for name in TILE_SETTINGS + ("BWD_REDUCE_BC",)}
     fwd_configs = [(8, 1), (4, 1), (16, 1), (16, 2), (32, 4)]  # (FWD_BLOCK_D, FWD_WARPS); the first is the default
     fwd_caps = (96, 64)
     # (BWD_BLOCK_D, BWD_CHUNK, BWD_WARPS, BWD_STEP); the first is the default. Offline (sm_90, stage 0): (8, 8, 1, 8)

@@ -3,6 +3,10 @@ every triton_scan constant it changes."""
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
 from scripts import benchmark_scan, triton_scan
 
 SWEPT = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
@@ -47,3 +51,13 @@ def test_backward_only_sweep_skips_the_forward_rows():
 
     benchmark_scan.sweep(fake_time_backend, backward_only=True)
     assert rows and all(rows)
+
+
+def test_tile_option_parses_known_constants_and_rejects_the_rest():
+    assert benchmark_scan.parse_tile("BWD_MAXNREG=224") == ("BWD_MAXNREG", 224)
+    assert benchmark_scan.parse_tile("FWD_MAXNREG=None") == ("FWD_MAXNREG", None)
+    for bad in ("BWD_MAXNREG", "BWD_MAXNREG=lots", "NOT_A_TILE=4", "BWD_REDUCE_BC=0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            benchmark_scan.parse_tile(bad)
+    assert set(benchmark_scan.TILE_SETTINGS) <= set(vars(triton_scan))
+    assert f"BWD_STEP={triton_scan.BWD_STEP}" in benchmark_scan.triton_config()

@@ -2,7 +2,8 @@
 
 ``python -m scripts.benchmark [--networks mamba_unet,unet,swin_unet] [--batch 24] [--size 224] [--steps N]
 [--amp bf16|none] [--compile [--compile_mode MODE]] [--pipeline_iters N] [--dataset_dir DIR]
-[--triton_cross_scan pair|index|gather] [--cross_scan_impl gather|views|auto] [--profile N]``
+[--triton_cross_scan pair|index|gather] [--cross_scan_impl gather|views|auto] [--tile NAME[@L]=VALUE ...]
+[--profile N]``
 prints, per network (the scan backend follows ``MAMBA_UNET_SCAN``; on ``triton``, ``--triton_cross_scan`` sets how
 SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN; ``--cross_scan_impl`` how the
 gathered directions are copied, see mamba_unet.CROSS_SCAN_IMPL):
@@ -128,6 +129,30 @@ class Result:
         ]
 
 
+def tile_setting(text: str) -> tuple[str, int | None, int | None]:
+    """argparse type of ``--tile``: triton_scan.parse_tile with its message as the usage error."""
+    from scripts import triton_scan  # imports without Triton
+
+    try:
+        return triton_scan.parse_tile(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_tile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tile NAME=VALUE`` / ``NAME@L=VALUE`` (repeatable): a Triton scan tile constant for this run."""
+    parser.add_argument(
+        "--tile",
+        action="append",
+        type=tile_setting,
+        default=[],
+        metavar="NAME[@L]=VALUE",
+        help="set a Triton scan tile constant (scripts/triton_scan.py TILE_SETTINGS) for this run, module-wide or with"
+        " @L for scans of length L only; VALUE an integer or None (e.g. BWD_MAXNREG=224, BWD_BLOCK_D@3136=4); the"
+        " form scripts.benchmark_scan --sweep prints for its winners",
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -165,6 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="how the gathered cross-scan copies the directions; default mamba_unet.CROSS_SCAN_IMPL",
     )
+    add_tile_argument(parser)
     args = parser.parse_args(argv)
     args.networks = [name.strip() for name in args.networks.split(",") if name.strip()]
     unknown = [name for name in args.networks if name not in NETWORKS]
@@ -514,6 +540,12 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         mamba_unet.TRITON_CROSS_SCAN = args.triton_cross_scan
     if args.cross_scan_impl is not None:
         mamba_unet.CROSS_SCAN_IMPL = args.cross_scan_impl
+    if args.tile:
+        from scripts import triton_scan
+
+        for setting in args.tile:
+            triton_scan.set_tile(*setting)
+        print(f"Triton scan tiles: {triton_scan.tile_config()}", flush=True)
     describe = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device {describe}, torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}, amp {args.amp}, "

@@ -1,12 +1,12 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
 ``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--check] [--no-mamba]
-[--dtype bfloat16] [--tile NAME=VALUE ...]`` on a CUDA machine with Triton (and mamba-ssm for the reference rows).
+[--dtype bfloat16] [--tile NAME[@L]=VALUE ...]`` on a CUDA machine with Triton (and mamba-ssm for the reference rows).
 Prints, for the scan shapes of one step (SS2D stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage
 i has d_inner 192 * 2**i at L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the
 achieved bandwidth (the fewest bytes each pass must move: inputs read once, outputs written once, over the time) and
-the speedup over mamba-ssm. --tile sets a Triton tile constant (e.g. BWD_MAXNREG=224) for the run; the header names
-the settings used.
+the speedup over mamba-ssm. --tile sets a Triton tile constant for the run, module-wide (BWD_MAXNREG=224) or for
+the scans of one length (BWD_BLOCK_D@3136=4: stage 0 only); the header names the settings used.
 
 Two step totals: "16 scans" = 4 per stage (the set the project's targets were stated for) and "network" = the scans
 MambaUNet really runs per step (encoder 2 blocks x 4 stages, decoder 2 blocks x 3 stages = 14). Each of the 4 calls of
@@ -15,7 +15,9 @@ sequence of calls, warm-up first, median of --steps.
 
 --check prints the relative error ||x - ref|| / ||ref|| of the output and every gradient against mamba-ssm (fp32).
 --sweep times tile configurations and register caps of the Triton kernels first (forward: BLOCK_D, num_warps;
-backward: BLOCK_D, chunk, num_warps, step, with per-stage times); --sweep bwd only the backward's, and nothing else.
+backward: BLOCK_D, chunk, num_warps, step; each with per-stage times), then a per-stage mix where single stages have
+other winners, prints the winners as ``sweep winner: --tile ...`` and runs the table below with them; --sweep bwd
+only the backward's, and nothing else.
 
 "triton" rows are the Triton scan as the gathered cross-scan calls it; "tri-pair" and "tri-index" rows run it as
 SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4 directions; see
@@ -28,20 +30,18 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from scripts import triton_scan
-from scripts.benchmark import Timer, median_ms
+from scripts.benchmark import Timer, add_tile_argument, median_ms
 
 STAGES = ((192, 56), (384, 28), (768, 14), (1536, 7))  # (d_inner, H = W) of Mamba-UNet's 4 stages at 224x224
 TARGET_SCANS_PER_STAGE = (4, 4, 4, 4)
 NETWORK_SCANS_PER_STAGE = (4, 4, 4, 2)  # the bottleneck stage has no decoder twin
 DIRECTIONS, D_STATE = 4, 16
 GRAD_NAMES = ("y", "du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias")
-# The module constants of scripts/triton_scan.py that pick the kernels' tiles (--tile and the sweep set them).
-TILE_SETTINGS = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
-TILE_SETTINGS += ("BWD_MAXNREG",)
 
 ScanFn = Callable[..., torch.Tensor]
 
@@ -160,17 +160,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="time tile configurations of the Triton kernels first (bwd: only the backward's, then stop)",
     )
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
-    parser.add_argument(
-        "--tile",
-        action="append",
-        type=parse_tile,
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"set a Triton tile constant for this run ({', '.join(TILE_SETTINGS)}; VALUE an integer or None)",
-    )
+    add_tile_argument(parser)
     args = parser.parse_args(argv)
-    for name, value in args.tile:
-        setattr(triton_scan, name, value)
+    for setting in args.tile:
+        triton_scan.set_tile(*setting)
     if not torch.cuda.is_available() or not triton_scan.triton_available():
         raise SystemExit("scripts/benchmark_scan.py needs CUDA and Triton")
     dtype = getattr(torch, args.dtype)
@@ -207,9 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     if args.sweep:
-        sweep(time_backend, backward_only=args.sweep == "bwd")
+        winners = sweep(time_backend, backward_only=args.sweep == "bwd")
         if args.sweep == "bwd":
             return
+        for setting in winners:  # the table below times the sweep's winners next to mamba-ssm
+            triton_scan.set_tile(*setting)
 
     backends: list[tuple[str, ScanFn]] = [] if args.no_mamba else [("mamba-ssm", mamba_scan)]
     backends.append(("triton", triton_scan.triton_selective_scan))
@@ -238,30 +233,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         baseline.setdefault("row", whole)
     device = torch.cuda.get_device_name()
     print(
-        f"batch {args.batch}, {args.dtype} inputs, {device}, Triton {triton_config()}: median of {args.steps} after"
-        f" {args.warmup} warm-up"
+        f"batch {args.batch}, {args.dtype} inputs, {device}, Triton {triton_scan.tile_config()}: median of"
+        f" {args.steps} after {args.warmup} warm-up"
     )
     print("\n".join(lines))
-
-
-def parse_tile(text: str) -> tuple[str, int | None]:
-    """``"BWD_MAXNREG=224"`` -> ``("BWD_MAXNREG", 224)``; ``None`` for VALUE restores Triton's own choice."""
-    name, sep, value = text.partition("=")
-    if not sep or name not in TILE_SETTINGS:
-        raise argparse.ArgumentTypeError(
-            f"--tile wants NAME=VALUE with NAME one of {', '.join(TILE_SETTINGS)}: {text!r}"
-        )
-    if value == "None":
-        return name, None
-    try:
-        return name, int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tile {name}: VALUE must be an integer or None, got {value!r}") from None
-
-
-def triton_config() -> str:
-    """The Triton kernels' tile settings, as the benchmark's header prints them."""
-    return ", ".join(f"{name}={getattr(triton_scan, name)}" for name in TILE_SETTINGS)
 
 
 def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
@@ -274,12 +249,33 @@ def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:
     )
 
 
-def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False) -> None:
-    """Time kernel configurations and print one line each: the forward alone at (BLOCK_D, num_warps) and register
-    caps, then forward+backward (after the default forward) at (BLOCK_D, chunk, num_warps, step), each with its 4
-    stages' times (their tail waves differ), without the dB/dC atomics (a diagnostic: wrong dB, dC), and at register
-    caps. The module's constants are restored at the end."""
-    saved = {name: getattr(triton_scan, name) for name in TILE_SETTINGS + ("BWD_REDUCE_BC",)}
+TileSetting = tuple[str, int | None, int | None]  # (triton_scan constant, sequence length or None, value)
+
+
+def format_tiles(settings: Sequence[TileSetting]) -> str:
+    """The ``--tile`` arguments that reproduce ``settings`` (``NAME=VALUE``, or ``NAME@L=VALUE`` for one length)."""
+    return " ".join(f"--tile {name}{'' if at is None else f'@{at}'}={value}" for name, at, value in settings)
+
+
+@dataclass
+class SweepRow:
+    """One timed configuration: the tile constants it sets, the 16 scans back to back and each stage's 4 (ms)."""
+
+    settings: dict[str, int | None]
+    total: float
+    stages: list[float]
+
+
+def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False) -> list[TileSetting]:
+    """Time kernel configurations and print one line each, with its 4 stages' times (their tail waves differ): the
+    forward alone at (BLOCK_D, num_warps) and register caps, then forward+backward (after the default forward) at
+    (BLOCK_D, chunk, num_warps, step) and register caps, and once without the dB/dC atomics (a diagnostic: wrong dB,
+    dC). For each kernel the fastest configuration wins if it is >= 1% faster than the default; where other
+    configurations win single stages, that per-stage mix (TILES_BY_LENGTH) is timed too and wins if >= 1% faster
+    still. Prints and returns the winners as tile settings (empty: the defaults stay); the module's constants are
+    restored at the end either way."""
+    saved = {name: getattr(triton_scan, name) for name in triton_scan.TILE_SETTINGS + ("BWD_REDUCE_BC",)}
+    saved_by_length = {length: dict(tiles) for length, tiles in triton_scan.TILES_BY_LENGTH.items()}
     fwd_configs = [(8, 1), (4, 1), (16, 1), (16, 2), (32, 4)]  # (FWD_BLOCK_D, FWD_WARPS); the first is the default
     # 112, 104, 96 registers: 18, 19, 21 one-warp programs per SM (16 uncapped), so stage 0's 2,304 fit one wave
     # instead of 1.09; offline (kernel_report) 0, 24 and 56 B of stack, the loop unchanged at 112
@@ -291,42 +287,70 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     # 224, 200 and 184 registers leave 9, 10 and 11 one-warp programs per SM (8 uncapped): stage 0's 2,304 programs
     # fit 2 waves at 9 instead of 2.2 at 8 (offline: 13 spill loads per step at 224, 100 at 168, measured 8% slower)
     bwd_caps = (224, 200, 184)
+    fwd_names = ("FWD_BLOCK_D", "FWD_WARPS")
+    bwd_names = ("BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
+    lengths = [side * side for _, side in STAGES]
     fn = triton_scan.triton_selective_scan
 
-    def timed(label: str, backward: bool, per_stage: bool = False) -> None:
-        """One line: the 16 scans back to back; per_stage adds each stage's 4 scans."""
+    def restore() -> None:
+        for name, value in saved.items():
+            setattr(triton_scan, name, value)
+        triton_scan.TILES_BY_LENGTH.clear()
+        triton_scan.TILES_BY_LENGTH.update({length: dict(tiles) for length, tiles in saved_by_length.items()})
+
+    def timed(label: str, backward: bool, settings: dict[str, int | None], by_length=None) -> SweepRow | None:
+        """One line: the 16 scans back to back and each stage's 4, with settings (and per-length ones) applied."""
+        restore()
+        for name, value in settings.items():
+            setattr(triton_scan, name, value)
+        triton_scan.TILES_BY_LENGTH.update(by_length or {})
         try:
-            line = f"sweep {label}: {time_backend(fn, None, backward):.3f} ms"
-            if per_stage:
-                line += " (stages " + " / ".join(f"{time_backend(fn, s, backward):.3f}" for s in range(4)) + ")"
-            print(line, flush=True)
+            row = SweepRow(
+                settings, time_backend(fn, None, backward), [time_backend(fn, s, backward) for s in range(4)]
+            )
         except Exception as err:  # a config that does not compile (registers, shared memory) is reported, not fatal
             print(f"sweep {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
+            return None
+        finally:
+            restore()
+        stages = " / ".join(f"{ms:.3f}" for ms in row.stages)
+        print(f"sweep {label}: {row.total:.3f} ms (stages {stages})", flush=True)
+        return row
 
-    def setting(pairs: dict[str, object]) -> None:
-        for name, value in pairs.items():
-            setattr(triton_scan, name, value)
+    def winner(kernel: str, backward: bool, rows: list[SweepRow | None]) -> list[TileSetting]:
+        """The winning settings among rows (rows[0]: the default), trying the per-stage mix; as tile settings."""
+        timed_rows = [row for row in rows if row is not None]
+        if not timed_rows or rows[0] is None:
+            return []
+        best = min(timed_rows, key=lambda row: row.total)
+        best = best if best.total < 0.99 * rows[0].total else rows[0]
+        chosen = [(name, None, value) for name, value in best.settings.items() if value != saved[name]]
+        by_length = {}  # the stages some other configuration runs >= 1% faster, set to that one's constants
+        for stage, length in enumerate(lengths):
+            fastest = min(timed_rows, key=lambda row: row.stages[stage])
+            if fastest.stages[stage] < 0.99 * best.stages[stage]:
+                mine, theirs = {**saved, **best.settings}, {**saved, **fastest.settings}
+                by_length[length] = {
+                    name: theirs[name] for name in triton_scan.TILE_SETTINGS if theirs[name] != mine[name]
+                }
+        if by_length:
+            mix = [(name, at, value) for at, tiles in by_length.items() for name, value in tiles.items()]
+            row = timed(f"{kernel} per-stage mix {format_tiles(chosen + mix)}", backward, best.settings, by_length)
+            if row is not None and row.total < 0.99 * best.total:
+                chosen += mix
+        return chosen
 
-    for config in [] if backward_only else fwd_configs:
-        setting(dict(zip(("FWD_BLOCK_D", "FWD_WARPS"), config)))
-        timed(f"fwd {config}", False)
-    setting({name: saved[name] for name in ("FWD_BLOCK_D", "FWD_WARPS")})
-    for cap in () if backward_only else fwd_caps:
-        setting({"FWD_MAXNREG": cap})
-        timed(f"fwd, maxnreg {cap}", False)
-    setting({"FWD_MAXNREG": saved["FWD_MAXNREG"]})
-    bwd_names = ("BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
-    for config in bwd_configs:
-        setting(dict(zip(bwd_names, config)))
-        timed(f"fwd+bwd {config}", True, per_stage=True)
-    setting(dict(zip(bwd_names, bwd_configs[0])))
-    setting({"BWD_REDUCE_BC": False})
-    timed(f"fwd+bwd {bwd_configs[0]} WITHOUT dB/dC atomics", True)
-    setting({"BWD_REDUCE_BC": True})
-    for cap in bwd_caps:
-        setting({"BWD_MAXNREG": cap})
-        timed(f"fwd+bwd {bwd_configs[0]}, maxnreg {cap}", True, per_stage=True)
-    setting(saved)
+    winners: list[TileSetting] = []
+    if not backward_only:
+        rows = [timed(f"fwd {c}", False, dict(zip(fwd_names, c))) for c in fwd_configs]
+        rows += [timed(f"fwd, maxnreg {cap}", False, {"FWD_MAXNREG": cap}) for cap in fwd_caps]
+        winners += winner("fwd", False, rows)
+    rows = [timed(f"fwd+bwd {c}", True, dict(zip(bwd_names, c))) for c in bwd_configs]
+    timed(f"fwd+bwd {bwd_configs[0]} WITHOUT dB/dC atomics", True, {"BWD_REDUCE_BC": False})
+    rows += [timed(f"fwd+bwd {bwd_configs[0]}, maxnreg {cap}", True, {"BWD_MAXNREG": cap}) for cap in bwd_caps]
+    winners += winner("fwd+bwd", True, rows)
+    print(f"sweep winner: {format_tiles(winners) if winners else 'the defaults (nothing >= 1% faster)'}", flush=True)
+    return winners
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ Importing this module never needs Triton (CI has none): the kernels are defined 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -65,6 +66,57 @@ FWD_MAXNREG: int | None = None
 BWD_MAXNREG: int | None = None
 # False only for the timing diagnostic of scripts/benchmark_scan.py --sweep: skips the dB/dC atomics (wrong dB, dC).
 BWD_REDUCE_BC = True
+# The tile constants above, by name (scripts/benchmark_scan.py sweeps them, both benchmarks' --tile sets them).
+TILE_SETTINGS = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
+TILE_SETTINGS += ("BWD_MAXNREG",)
+# Per sequence length L, tile constants that replace the module-wide ones for scans of that length, e.g.
+# {3136: {"BWD_BLOCK_D": 4}}: the best tile can differ per stage (a stage's program count against the resident
+# programs decides its last wave's fill). Empty: every length uses the constants above.
+TILES_BY_LENGTH: dict[int, dict[str, int | None]] = {}
+
+
+def tile(name: str, length: int) -> Any:
+    """The tile constant ``name`` for a scan of length ``length``: TILES_BY_LENGTH's entry, else the module's."""
+    if name not in TILE_SETTINGS:
+        raise KeyError(f"triton_scan: unknown tile constant {name!r}; choose from {TILE_SETTINGS}")
+    return TILES_BY_LENGTH.get(length, {}).get(name, getattr(sys.modules[__name__], name))
+
+
+def parse_tile(text: str) -> tuple[str, int | None, int | None]:
+    """``"BWD_MAXNREG=224"`` -> ``("BWD_MAXNREG", None, 224)`` (module-wide); ``"BWD_BLOCK_D@3136=4"`` ->
+    ``("BWD_BLOCK_D", 3136, 4)`` (scans of length 3136 only); VALUE ``None`` is Triton's own choice (the caps).
+    Raises ValueError naming the problem."""
+    target, sep, value = text.partition("=")
+    name, at, length = target.partition("@")
+    if not sep or name not in TILE_SETTINGS:
+        raise ValueError(f"tile setting {text!r}: expected NAME=VALUE or NAME@L=VALUE with NAME in {TILE_SETTINGS}")
+    try:
+        where = int(length) if at else None
+        number = None if value == "None" else int(value)
+    except ValueError:
+        raise ValueError(f"tile setting {text!r}: L and VALUE must be integers (VALUE may be None)") from None
+    if where is not None and where < 1:
+        raise ValueError(f"tile setting {text!r}: L must be >= 1")
+    return name, where, number
+
+
+def set_tile(name: str, length: int | None, value: int | None) -> None:
+    """Set a tile constant module-wide (length None) or for scans of one length (TILES_BY_LENGTH)."""
+    if name not in TILE_SETTINGS:
+        raise KeyError(f"triton_scan: unknown tile constant {name!r}; choose from {TILE_SETTINGS}")
+    if length is None:
+        globals()[name] = value
+    else:
+        TILES_BY_LENGTH.setdefault(length, {})[name] = value
+
+
+def tile_config() -> str:
+    """The tile settings in use, as the benchmarks' headers print them."""
+    text = ", ".join(f"{name}={globals()[name]}" for name in TILE_SETTINGS)
+    for length, settings in sorted(TILES_BY_LENGTH.items()):
+        if settings:
+            text += f"; L={length}: " + ", ".join(f"{name}={value}" for name, value in settings.items())
+    return text
 
 
 def triton_available() -> bool:
@@ -601,10 +653,10 @@ def _forward(
     batch, dim, length = delta.shape
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
-    block_d = _block_d(per_group, FWD_BLOCK_D)
-    chunk = _tile_length(length, BWD_CHUNK)
+    block_d = _block_d(per_group, tile("FWD_BLOCK_D", length))
+    chunk = _tile_length(length, tile("BWD_CHUNK", length))
     if chunk % 8:  # the forward's 8-position steps must start every saved-state chunk, the backward's steps divide it
-        raise ValueError(f"triton_scan.BWD_CHUNK must be a multiple of 8, got {BWD_CHUNK}")
+        raise ValueError(f"triton_scan.BWD_CHUNK must be a multiple of 8, got {tile('BWD_CHUNK', length)}")
     n_chunks = triton.cdiv(length, chunk)
     y = torch.empty((batch, dim, length), device=u.device, dtype=u.dtype)  # in memory order, like delta
     state = (
@@ -614,7 +666,8 @@ def _forward(
     )
     a_fp32 = A.float().contiguous()
     B, C = _position_major(B), _position_major(C)
-    extra = {} if FWD_MAXNREG is None else {"maxnreg": FWD_MAXNREG}
+    max_registers = tile("FWD_MAXNREG", length)
+    extra = {} if max_registers is None else {"maxnreg": max_registers}
     _scan_fwd_vec_kernel[(dim // block_d, batch)](
         u,
         delta,
@@ -651,7 +704,7 @@ def _forward(
         N_PAD=_next_pow2(n_state),
         BLOCK_D=block_d,
         BLOCK_L=chunk,
-        num_warps=FWD_WARPS,
+        num_warps=tile("FWD_WARPS", length),
         **extra,
     )
     return y, (state if save_state else None), chunk
@@ -672,12 +725,13 @@ def _backward(
 ) -> tuple[torch.Tensor, ...]:
     """Launch the backward kernel with the forward's saved states (one every ``chunk`` positions); returns (du, ddelta,
     dA, dB, dC, dD, ddelta_bias), du in u's shape."""
-    if BWD_STEP not in (4, 8):
-        raise ValueError(f"triton_scan.BWD_STEP must be 4 or 8, got {BWD_STEP}")
     batch, dim, length = delta.shape
+    step = tile("BWD_STEP", length)
+    if step not in (4, 8):
+        raise ValueError(f"triton_scan.BWD_STEP must be 4 or 8, got {step}")
     n_groups, n_state = B.shape[1], A.shape[1]
     per_group = dim // n_groups
-    block_d = _block_d(per_group, BWD_BLOCK_D)
+    block_d = _block_d(per_group, tile("BWD_BLOCK_D", length))
     # u shared by several groups (SS2D's fused cross-scan): channel d reads u channel d % u_channels; each group's du
     # in fp32, summed over the groups sharing a u channel below.
     shared_u = u.shape[1] != dim
@@ -691,7 +745,8 @@ def _backward(
     dbias = torch.zeros(dim, device=u.device, dtype=torch.float32)
     a_fp32 = A.float().contiguous()
     B, C = _position_major(B), _position_major(C)
-    extra = {} if BWD_MAXNREG is None else {"maxnreg": BWD_MAXNREG}
+    max_registers = tile("BWD_MAXNREG", length)
+    extra = {} if max_registers is None else {"maxnreg": max_registers}
     _scan_bwd_reg_kernel[(dim // block_d, batch)](
         u,
         delta,
@@ -738,8 +793,8 @@ def _backward(
         N_PAD=_next_pow2(n_state),
         BLOCK_D=block_d,
         BLOCK_L=chunk,
-        T=BWD_STEP,
-        num_warps=BWD_WARPS,
+        T=step,
+        num_warps=tile("BWD_WARPS", length),
         **extra,
     )
     db, dc = db.transpose(2, 3), dc.transpose(2, 3)  # (batch, G, N, L) views; .to below copies only for a dtype change

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.benchmark import COLUMNS, OTHER_KERNELS, kernel_category, main, summarise_kernels
+from scripts.benchmark import COLUMNS, OTHER_KERNELS, kernel_category, main, parse_args, summarise_kernels
 
 
 def test_tiny_cpu_run_prints_the_table(capsys):
@@ -83,3 +83,19 @@ def test_cross_scan_impl_option_sets_the_copies(monkeypatch, capsys):
     (result,) = main([*argv, "--pipeline_iters", "0", "--device", "cpu", "--cross_scan_impl", "views"])
     assert mamba_unet.CROSS_SCAN_IMPL == "views" and result.train_ms > 0
     assert "copies: views" in capsys.readouterr().out
+
+
+def test_tile_option_sets_triton_scan_constants_and_rejects_bad_ones(monkeypatch, capsys):
+    from scripts import triton_scan
+
+    monkeypatch.setattr(triton_scan, "TILES_BY_LENGTH", {})
+    monkeypatch.setattr(triton_scan, "BWD_MAXNREG", triton_scan.BWD_MAXNREG)
+    args = parse_args(["--tile", "BWD_MAXNREG=224", "--tile", "BWD_BLOCK_D@3136=4"])
+    assert args.tile == [("BWD_MAXNREG", None, 224), ("BWD_BLOCK_D", 3136, 4)]
+    with pytest.raises(SystemExit):
+        parse_args(["--tile", "BWD_WHATEVER=4"])
+    assert "tile setting 'BWD_WHATEVER=4'" in capsys.readouterr().err
+    argv = ["--networks", "unet", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+    main([*argv, "--pipeline_iters", "0", "--tile", "BWD_MAXNREG=224", "--tile", "BWD_BLOCK_D@3136=4"])
+    assert triton_scan.BWD_MAXNREG == 224 and triton_scan.TILES_BY_LENGTH == {3136: {"BWD_BLOCK_D": 4}}
+    assert "Triton scan tiles: " in capsys.readouterr().out

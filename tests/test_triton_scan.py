@@ -221,6 +221,69 @@ def test_bad_chunk_or_step_raises(monkeypatch):
         y.sum().backward()
 
 
+def test_tile_settings_parse_and_resolve_module_wide_or_per_length(monkeypatch):
+    monkeypatch.setattr(triton_scan, "TILES_BY_LENGTH", {})
+    monkeypatch.setattr(triton_scan, "BWD_MAXNREG", triton_scan.BWD_MAXNREG)  # restored after the test
+    assert triton_scan.parse_tile("BWD_MAXNREG=224") == ("BWD_MAXNREG", None, 224)
+    assert triton_scan.parse_tile("FWD_MAXNREG=None") == ("FWD_MAXNREG", None, None)
+    assert triton_scan.parse_tile("BWD_BLOCK_D@3136=4") == ("BWD_BLOCK_D", 3136, 4)
+    for bad in ("BWD_MAXNREG", "BWD_MAXNREG=lots", "NOT_A_TILE=4", "BWD_REDUCE_BC=0", "BWD_STEP@x=4", "BWD_STEP@0=4"):
+        with pytest.raises(ValueError, match="tile setting"):
+            triton_scan.parse_tile(bad)
+    assert set(triton_scan.TILE_SETTINGS) <= set(vars(triton_scan))
+    triton_scan.set_tile("BWD_MAXNREG", None, 200)
+    triton_scan.set_tile("BWD_BLOCK_D", 3136, 4)
+    assert triton_scan.BWD_MAXNREG == 200 and triton_scan.TILES_BY_LENGTH == {3136: {"BWD_BLOCK_D": 4}}
+    assert triton_scan.tile("BWD_BLOCK_D", 3136) == 4
+    assert triton_scan.tile("BWD_BLOCK_D", 784) == triton_scan.BWD_BLOCK_D  # other lengths: the module's
+    assert triton_scan.tile("BWD_MAXNREG", 3136) == 200
+    config = triton_scan.tile_config()
+    assert "BWD_MAXNREG=200" in config and config.endswith("; L=3136: BWD_BLOCK_D=4")
+    for bad_name in ("BWD_REDUCE_BC", "nope"):
+        with pytest.raises(KeyError, match="unknown tile constant"):
+            triton_scan.tile(bad_name, 16)
+        with pytest.raises(KeyError, match="unknown tile constant"):
+            triton_scan.set_tile(bad_name, None, 1)
+
+
+def test_tile_lookup_traces_under_torch_compile(monkeypatch):
+    """The launchers resolve their tiles while torch.compile traces the network: tile() must trace without a graph
+    break (fullgraph) and follow later changes (dynamo guards on the values)."""
+    monkeypatch.setattr(triton_scan, "TILES_BY_LENGTH", {16: {"BWD_BLOCK_D": 4}})
+    monkeypatch.setattr(triton_scan, "FWD_BLOCK_D", triton_scan.FWD_BLOCK_D)
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def scaled(x):
+        return x * triton_scan.tile("BWD_BLOCK_D", x.shape[-1]) + triton_scan.tile("FWD_BLOCK_D", x.shape[-1])
+
+    assert scaled(torch.ones(16)).tolist() == [4.0 + triton_scan.FWD_BLOCK_D] * 16
+    assert scaled(torch.ones(8)).tolist() == [float(triton_scan.BWD_BLOCK_D + triton_scan.FWD_BLOCK_D)] * 8
+    triton_scan.FWD_BLOCK_D = 100
+    assert scaled(torch.ones(16)).tolist() == [104.0] * 16
+
+
+@pytest.mark.skipif(not triton_scan.triton_available(), reason="needs Triton")
+def test_tiles_by_length_apply_to_scans_of_that_length_only(monkeypatch):
+    """A bad chunk / step set for L = 16 only fails the scans of length 16; one of length 24 runs on."""
+    device = "cuda" if ON_GPU else "cpu"
+    monkeypatch.setattr(triton_scan, "TILES_BY_LENGTH", {16: {"BWD_CHUNK": 12}})
+    with pytest.raises(ValueError, match="BWD_CHUNK must be a multiple of 8"):
+        triton_scan.triton_selective_scan(*make_inputs(0, 1, 4, 16, 4, 2, torch.float32, device=device))
+    monkeypatch.setattr(triton_scan, "TILES_BY_LENGTH", {16: {"BWD_STEP": 2}})
+    inputs = [t.requires_grad_() for t in make_inputs(0, 1, 4, 16, 4, 2, torch.float32, device=device)]
+    with pytest.raises(ValueError, match="BWD_STEP must be 4 or 8"):
+        triton_scan.triton_selective_scan(*inputs).sum().backward()
+    if INTERPRETED or ON_GPU:  # length 24 keeps the module's tiles (and a per-length tile for it computes the same)
+        inputs = make_inputs(3, 1, 8, 24, 4, 2, torch.float32, device=device)
+        dy = torch.randn(1, 8, 24, generator=torch.Generator().manual_seed(4)).to(device)
+        ref = output_and_grads(torch_scan, [t.double() for t in inputs], dy.double())
+        for by_length in ({16: {"BWD_STEP": 2}}, {24: {"BWD_BLOCK_D": 2, "BWD_STEP": 4, "FWD_BLOCK_D": 2}}):
+            monkeypatch.setattr(triton_scan, "TILES_BY_LENGTH", by_length)
+            got = output_and_grads(triton_scan.triton_selective_scan, inputs, dy)
+            for name, x, r in zip(("y",) + GRAD_NAMES, got, ref, strict=True):
+                assert rel_err(x, r) < 1e-5, (by_length, name)
+
+
 @pytest.mark.skipif(not (ON_GPU and mamba_ssm_available()), reason="needs CUDA, Triton and mamba-ssm")
 @pytest.mark.parametrize("step", [8, 4])
 @pytest.mark.parametrize("d_inner, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
@@ -252,3 +315,16 @@ def test_gpu_bf16_inputs_match_fp32_scan():
     y_ref = triton_scan.triton_selective_scan(*[t.float() for t in low])
     assert y_low.dtype == torch.bfloat16
     assert rel_err(y_low, y_ref) < 1e-2
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA and Triton")
+def test_gpu_compiled_scan_with_per_length_tiles_matches_eager(monkeypatch):
+    """The network's path under torch.compile (fullgraph), with a per-length tile: the same output and gradients."""
+    monkeypatch.setattr(triton_scan, "TILES_BY_LENGTH", {196: {"BWD_BLOCK_D": 4, "BWD_STEP": 4, "FWD_BLOCK_D": 4}})
+    inputs = make_inputs(9, 2, 4 * 64, 196, 16, 4, torch.float32, device="cuda")
+    dy = torch.randn(2, 4 * 64, 196, device="cuda")
+    compiled = torch.compile(triton_scan.triton_selective_scan, fullgraph=True)
+    got = output_and_grads(compiled, inputs, dy)
+    ref = output_and_grads(triton_scan.triton_selective_scan, inputs, dy)
+    for name, x, r in zip(("y",) + GRAD_NAMES, got, ref, strict=True):
+        assert rel_err(x, r) < 1e-5, name

@@ -280,12 +280,13 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     # 112, 104, 96 registers: 18, 19, 21 one-warp programs per SM (16 uncapped), so stage 0's 2,304 fit one wave
     # instead of 1.09; offline (kernel_report) 0, 24 and 56 B of stack, the loop unchanged at 112
     fwd_caps = (112, 104, 96)
-    # (BWD_BLOCK_D, BWD_CHUNK, BWD_WARPS, BWD_STEP); the first is the default. Offline (sm_90, stage 0): (8, 8, 1, 8)
-    # 255 registers; (16, 8, 1, 4) 247 with half the shuffles per channel; (8, 8, 1, 4) 167.
+    # (BWD_BLOCK_D, BWD_CHUNK, BWD_WARPS, BWD_STEP); the first is the default. Offline (kernel_report, Triton 3.6 as on
+    # the GPU machine, stage 0, states rotated): (8, 8, 1, 8) 245 registers, 160 SHFL per step; (16, 8, 1, 4) 227;
+    # (8, 8, 1, 4) 152 (13 programs per SM).
     bwd_configs = [(8, 8, 1, 8), (4, 8, 1, 8), (8, 16, 1, 8), (16, 8, 1, 8), (16, 8, 1, 4), (8, 8, 1, 4)]
     bwd_configs += [(16, 16, 1, 4), (32, 8, 2, 4)]
     # 224, 200 and 184 registers leave 9, 10 and 11 one-warp programs per SM (8 uncapped): stage 0's 2,304 programs
-    # fit 2 waves at 9 instead of 2.2 at 8 (offline: 13 spill loads per step at 224, 100 at 168, measured 8% slower)
+    # fit 2 waves at 9 instead of 2.2 at 8 (offline, Triton 3.6, states rotated: no stack at 224, 80 B at 200)
     bwd_caps = (224, 200, 184)
     fwd_names = ("FWD_BLOCK_D", "FWD_WARPS")
     bwd_names = ("BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
@@ -348,6 +349,8 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     rows = [timed(f"fwd+bwd {c}", True, dict(zip(bwd_names, c))) for c in bwd_configs]
     timed(f"fwd+bwd {bwd_configs[0]} WITHOUT dB/dC atomics", True, {"BWD_REDUCE_BC": False})
     rows += [timed(f"fwd+bwd {bwd_configs[0]}, maxnreg {cap}", True, {"BWD_MAXNREG": cap}) for cap in bwd_caps]
+    # version 8's layout (the states in order: 28 instead of 20 shuffles per position), against the rotated default
+    rows.append(timed(f"fwd+bwd {bwd_configs[0]}, states in order", True, {"BWD_ROTATE_STATES": 0}))
     winners += winner("fwd+bwd", True, rows)
     print(f"sweep winner: {format_tiles(winners) if winners else 'the defaults (nothing >= 1% faster)'}", flush=True)
     return winners

@@ -1,13 +1,14 @@
 """Offline report of the Triton scan's kernels as compiled for the H100 (sm_90): no GPU needed.
 
 ``python -m scripts.kernel_report [--kernel backward|forward] [--block_d 8] [--chunk 8] [--step 8] [--warps 1]
-[--maxnreg N]`` compiles one kernel of scripts/triton_scan.py with Triton's NVIDIA backend for ``GPUTarget("cuda", 90,
-32)`` at Mamba-UNet's stage-0 shape (N = 16, integer arguments divisible by 16 as the launcher marks them for L = 3136)
-and prints its registers, stack (spills), shared memory, how many one-program-per-block programs fit an SM, and the
-SASS instruction mix of each loop (``cuobjdump`` from the Triton wheel). Device time is scarce: this is how the
-project checks a kernel change's registers and instruction counts before a GPU call (docs/performance.md, versions 8
-and after). The numbers are this machine's Triton version's code; the GPU machine's Triton may differ slightly (version
-8's backward: 255 registers here with Triton 3.9, 249 in ncu with Triton 3.6).
+[--maxnreg N] [--rotate_states 0|1]`` compiles one kernel of scripts/triton_scan.py with Triton's NVIDIA backend for
+``GPUTarget("cuda", 90, 32)`` at Mamba-UNet's stage-0 shape (N = 16, integer arguments divisible by 16 as the
+launcher marks them for L = 3136) and prints its registers, stack (spills), shared memory, how many
+one-program-per-block programs fit an SM, and the SASS instruction mix of each loop (``cuobjdump`` from the Triton
+wheel). Device time is scarce: this is how the project checks a kernel change's registers and instruction counts
+before a GPU call (docs/performance.md, versions 8 and after). The numbers are this machine's Triton version's code;
+the GPU machine's Triton (3.6) may differ slightly (version 8's backward: 255 registers here with Triton 3.9, 249 in
+ncu with Triton 3.6; ``PYTHONPATH=<a triton==3.6.0 install>`` compiles with that version instead).
 """
 
 from __future__ import annotations
@@ -131,13 +132,19 @@ def sass_report(cubin: bytes, num_warps: int) -> KernelReport:
 
 
 def report(
-    kernel: str, block_d: int, chunk: int, step: int, num_warps: int, maxnreg: int | None = None
+    kernel: str,
+    block_d: int,
+    chunk: int,
+    step: int,
+    num_warps: int,
+    maxnreg: int | None = None,
+    rotate_states: int = triton_scan.BWD_ROTATE_STATES,
 ) -> KernelReport:
     """Compile at the stage-0 shape (N = 16, D and delta_bias present, no orders) and report."""
     constexprs: dict[str, int | bool] = {"HAS_D": True, "HAS_BIAS": True, "REORDER": False, "N_PAD": 16}
     constexprs.update(BLOCK_D=block_d, BLOCK_L=chunk)
     if kernel == "backward":
-        constexprs.update(REDUCE_BC=True, T=step)
+        constexprs.update(REDUCE_BC=True, T=step, ROTATE_STATES=bool(rotate_states))
     else:
         constexprs.update(SAVE_STATE=True)
     return sass_report(compile_kernel(kernel, constexprs, num_warps, maxnreg), num_warps)
@@ -151,12 +158,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--step", type=int, default=triton_scan.BWD_STEP, help="backward positions per step")
     parser.add_argument("--warps", type=int, default=None)
     parser.add_argument("--maxnreg", type=int, default=None)
+    parser.add_argument(
+        "--rotate_states",
+        type=int,
+        choices=(0, 1),
+        default=triton_scan.BWD_ROTATE_STATES,
+        help="backward: the pair-rotated state index (triton_scan.BWD_ROTATE_STATES)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the text lines")
     args = parser.parse_args(argv)
     backward = args.kernel == "backward"
     block_d = args.block_d or (triton_scan.BWD_BLOCK_D if backward else triton_scan.FWD_BLOCK_D)
     warps = args.warps or (triton_scan.BWD_WARPS if backward else triton_scan.FWD_WARPS)
-    result = report(args.kernel, block_d, args.chunk, args.step, warps, args.maxnreg)
+    result = report(args.kernel, block_d, args.chunk, args.step, warps, args.maxnreg, args.rotate_states)
     if args.json:
         fields = ("registers", "stack_bytes", "shared_bytes", "num_warps", "programs_per_sm")
         loops = [{"instructions": loop.instructions, "opcodes": dict(loop.opcodes)} for loop in result.loops]
@@ -164,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     print(
         f"{KERNELS[args.kernel]} sm_90: BLOCK_D {block_d}, chunk {args.chunk}, step {args.step}, {warps} warp(s), "
-        f"maxnreg {args.maxnreg}: {result.registers} registers, {result.stack_bytes} B stack, "
-        f"{result.shared_bytes} B shared, {result.programs_per_sm} programs per SM"
+        f"maxnreg {args.maxnreg}, rotate_states {args.rotate_states}: {result.registers} registers, "
+        f"{result.stack_bytes} B stack, {result.shared_bytes} B shared, {result.programs_per_sm} programs per SM"
     )
     for loop in result.loops:
         mix = ", ".join(f"{op} {n}" for op, n in loop.opcodes.most_common(12))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from scripts import benchmark_scan, triton_scan
 
 SWEPT = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
-SWEPT += ("BWD_MAXNREG", "BWD_REDUCE_BC")
+SWEPT += ("BWD_MAXNREG", "BWD_ROTATE_STATES", "BWD_REDUCE_BC")
 LENGTHS = [side * side for _, side in benchmark_scan.STAGES]
 
 
@@ -46,6 +46,7 @@ def test_sweep_times_forward_and_backward_configurations_and_restores_constants(
     assert {stage for stage, _ in backward_rows} == {stage for stage, _ in forward_rows} == {None, 0, 1, 2, 3}
     assert any(not c["BWD_REDUCE_BC"] for _, c in backward_rows)
     assert {c["BWD_MAXNREG"] for _, c in backward_rows} >= {None, 224}
+    assert {c["BWD_ROTATE_STATES"] for _, c in backward_rows} == {0, 1}  # version 8's layout against version 9's
     # every backward row runs after the default forward configuration, whatever was swept last
     assert all((c["FWD_BLOCK_D"], c["FWD_WARPS"], c["FWD_MAXNREG"]) == (8, 1, None) for _, c in backward_rows)
     out = capsys.readouterr().out

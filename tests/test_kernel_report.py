@@ -55,6 +55,18 @@ def test_default_backward_compiles_without_spills_and_loops_over_its_steps():
 
 
 @needs_backend
+def test_rotated_states_take_fewer_shuffles_than_states_in_order():
+    """Version 9's pair-rotated state index changes Triton's layout of the [8, 16] tiles: 20 shuffles per position
+    for the two sums over the channels and the two over the states, against 28 with the states in order."""
+    loops = {}
+    for rotate in ("1", "0"):
+        result = compiled("--rotate_states", rotate, "--block_d", "8", "--step", "8")
+        loops[rotate] = max(result["loops"], key=lambda loop: loop["instructions"])
+    assert loops["1"]["opcodes"]["SHFL"] == 20 * 8 and loops["0"]["opcodes"]["SHFL"] == 28 * 8
+    assert loops["1"]["instructions"] < 0.95 * loops["0"]["instructions"]
+
+
+@needs_backend
 def test_register_cap_trades_spills_for_residency():
     capped = compiled("--maxnreg", "224")
     assert capped["registers"] <= 224 and capped["programs_per_sm"] == 9

@@ -95,6 +95,9 @@ def test_bad_shapes_raise_before_any_kernel_runs(index, bad_shape, message):
         (torch.float64, 1, 8, 16, 4, 4, 2, 16, True),
         # two batch items, L not a multiple of 8, chunks of 8
         (torch.float32, 2, 8, 37, 4, 4, 2, 8, True),
+        # N = 3 (padded to 4: the rotated state index over 2 pairs, one padded slot) and N = 1 (no rotation)
+        (torch.float32, 1, 8, 20, 3, 2, 4, 8, True),
+        (torch.float32, 1, 8, 20, 1, 2, 4, 8, True),
     ],
 )
 def test_interpreter_matches_torch_scan(
@@ -122,6 +125,21 @@ def test_interpreter_matches_torch_scan(
         assert rel_err(x, r) < 1e-5, name
     with torch.no_grad():  # inference path (no autograd, no saved states): same output
         assert rel_err(triton_scan.triton_selective_scan(*inputs), ref[0]) < 1e-5
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
+@pytest.mark.parametrize("d_state", [5, 16])
+def test_interpreter_rotated_and_in_order_states_agree(monkeypatch, d_state):
+    """BWD_ROTATE_STATES only relabels which slot holds which state: the same gradients either way (N = 5 padded to
+    8 rotates a padded slot into the middle)."""
+    inputs = make_inputs(7, 2, 16, 21, d_state, 2, torch.float32)
+    dy = torch.randn(2, 16, 21, generator=torch.Generator().manual_seed(8))
+    results = []
+    for rotate in (1, 0):
+        monkeypatch.setattr(triton_scan, "BWD_ROTATE_STATES", rotate)
+        results.append(output_and_grads(triton_scan.triton_selective_scan, inputs, dy))
+    for name, rotated, in_order in zip(("y",) + GRAD_NAMES, *results, strict=True):
+        assert rel_err(rotated, in_order) < 1e-6, name
 
 
 def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):

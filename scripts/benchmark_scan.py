@@ -277,9 +277,14 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     saved = {name: getattr(triton_scan, name) for name in triton_scan.TILE_SETTINGS + ("BWD_REDUCE_BC",)}
     saved_by_length = {length: dict(tiles) for length, tiles in triton_scan.TILES_BY_LENGTH.items()}
     fwd_configs = [(8, 1), (4, 1), (16, 1), (16, 2), (32, 4)]  # (FWD_BLOCK_D, FWD_WARPS); the first is the default
-    # 112, 104, 96 registers: 18, 19, 21 one-warp programs per SM (16 uncapped), so stage 0's 2,304 fit one wave
-    # instead of 1.09; offline (kernel_report) 0, 24 and 56 B of stack, the loop unchanged at 112
-    fwd_caps = (112, 104, 96)
+    # The forward loading each step's tiles ahead (FWD_PREFETCH), uncapped and at 112 and 104 registers. Offline
+    # (kernel_report, Triton 3.6 as on the GPU machine): the default takes 96 registers (21 programs per SM: stage 0's
+    # 2,304 in one wave, so caps alone change nothing there); prefetching 126, 111 and 104, no stack: 16, 18, 19 per SM
+    fwd_variants = [
+        {"FWD_PREFETCH": 1},
+        {"FWD_PREFETCH": 1, "FWD_MAXNREG": 112},
+        {"FWD_PREFETCH": 1, "FWD_MAXNREG": 104},
+    ]
     # (BWD_BLOCK_D, BWD_CHUNK, BWD_WARPS, BWD_STEP); the first is the default. Offline (kernel_report, Triton 3.6 as on
     # the GPU machine, stage 0, states rotated): (8, 8, 1, 8) 245 registers, 160 SHFL per step; (16, 8, 1, 4) 227;
     # (8, 8, 1, 4) 152 (13 programs per SM).
@@ -344,7 +349,7 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     winners: list[TileSetting] = []
     if not backward_only:
         rows = [timed(f"fwd {c}", False, dict(zip(fwd_names, c))) for c in fwd_configs]
-        rows += [timed(f"fwd, maxnreg {cap}", False, {"FWD_MAXNREG": cap}) for cap in fwd_caps]
+        rows += [timed(f"fwd {format_tiles([(k, None, v) for k, v in c.items()])}", False, c) for c in fwd_variants]
         winners += winner("fwd", False, rows)
     rows = [timed(f"fwd+bwd {c}", True, dict(zip(bwd_names, c))) for c in bwd_configs]
     timed(f"fwd+bwd {bwd_configs[0]} WITHOUT dB/dC atomics", True, {"BWD_REDUCE_BC": False})

@@ -1,11 +1,11 @@
 """Offline report of the Triton scan's kernels as compiled for the H100 (sm_90): no GPU needed.
 
 ``python -m scripts.kernel_report [--kernel backward|forward] [--block_d 8] [--chunk 8] [--step 8] [--warps 1]
-[--maxnreg N] [--rotate_states 0|1]`` compiles one kernel of scripts/triton_scan.py with Triton's NVIDIA backend for
-``GPUTarget("cuda", 90, 32)`` at Mamba-UNet's stage-0 shape (N = 16, integer arguments divisible by 16 as the
-launcher marks them for L = 3136) and prints its registers, stack (spills), shared memory, how many
-one-program-per-block programs fit an SM, and the SASS instruction mix of each loop (``cuobjdump`` from the Triton
-wheel). Device time is scarce: this is how the project checks a kernel change's registers and instruction counts
+[--maxnreg N] [--rotate_states 0|1] [--prefetch 0|1]`` compiles one kernel of scripts/triton_scan.py with Triton's
+NVIDIA backend for ``GPUTarget("cuda", 90, 32)`` at Mamba-UNet's stage-0 shape (N = 16, integer arguments
+divisible by 16 as the launcher marks them for L = 3136) and prints its registers, stack (spills), shared memory, how
+many one-program-per-block programs fit an SM, and the SASS instruction mix of each loop (``cuobjdump`` from the
+Triton wheel). Device time is scarce: this is how the project checks a kernel change's registers and instruction counts
 before a GPU call (docs/performance.md, versions 8 and after). The numbers are this machine's Triton version's code;
 the GPU machine's Triton (3.6) may differ slightly (version 8's backward: 255 registers here with Triton 3.9, 249 in
 ncu with Triton 3.6; ``PYTHONPATH=<a triton==3.6.0 install>`` compiles with that version instead).
@@ -139,6 +139,7 @@ def report(
     num_warps: int,
     maxnreg: int | None = None,
     rotate_states: int = triton_scan.BWD_ROTATE_STATES,
+    prefetch: int = triton_scan.FWD_PREFETCH,
 ) -> KernelReport:
     """Compile at the stage-0 shape (N = 16, D and delta_bias present, no orders) and report."""
     constexprs: dict[str, int | bool] = {"HAS_D": True, "HAS_BIAS": True, "REORDER": False, "N_PAD": 16}
@@ -146,7 +147,7 @@ def report(
     if kernel == "backward":
         constexprs.update(REDUCE_BC=True, T=step, ROTATE_STATES=bool(rotate_states))
     else:
-        constexprs.update(SAVE_STATE=True)
+        constexprs.update(SAVE_STATE=True, PREFETCH=bool(prefetch))
     return sass_report(compile_kernel(kernel, constexprs, num_warps, maxnreg), num_warps)
 
 
@@ -165,20 +166,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=triton_scan.BWD_ROTATE_STATES,
         help="backward: the pair-rotated state index (triton_scan.BWD_ROTATE_STATES)",
     )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        choices=(0, 1),
+        default=triton_scan.FWD_PREFETCH,
+        help="forward: load the next step's tiles ahead (triton_scan.FWD_PREFETCH)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the text lines")
     args = parser.parse_args(argv)
     backward = args.kernel == "backward"
     block_d = args.block_d or (triton_scan.BWD_BLOCK_D if backward else triton_scan.FWD_BLOCK_D)
     warps = args.warps or (triton_scan.BWD_WARPS if backward else triton_scan.FWD_WARPS)
-    result = report(args.kernel, block_d, args.chunk, args.step, warps, args.maxnreg, args.rotate_states)
+    result = report(args.kernel, block_d, args.chunk, args.step, warps, args.maxnreg, args.rotate_states, args.prefetch)
     if args.json:
         fields = ("registers", "stack_bytes", "shared_bytes", "num_warps", "programs_per_sm")
         loops = [{"instructions": loop.instructions, "opcodes": dict(loop.opcodes)} for loop in result.loops]
         print(json.dumps({**{name: getattr(result, name) for name in fields}, "loops": loops}))
         return
+    option = f"rotate_states {args.rotate_states}" if backward else f"prefetch {args.prefetch}"
     print(
         f"{KERNELS[args.kernel]} sm_90: BLOCK_D {block_d}, chunk {args.chunk}, step {args.step}, {warps} warp(s), "
-        f"maxnreg {args.maxnreg}, rotate_states {args.rotate_states}: {result.registers} registers, "
+        f"maxnreg {args.maxnreg}, {option}: {result.registers} registers, "
         f"{result.stack_bytes} B stack, {result.shared_bytes} B shared, {result.programs_per_sm} programs per SM"
     )
     for loop in result.loops:

@@ -60,12 +60,15 @@ BWD_BLOCK_D, BWD_CHUNK, BWD_WARPS = 8, 8, 1
 # Positions per backward step: 8, or 4 (half the recomputed states live at once, so 16 channels per warp fit in the
 # registers: fewer shuffles per channel in the reductions over the channels; not yet timed on a GPU).
 BWD_STEP = 8
-# Register caps (Triton's maxnreg; None: the compiler's choice). Both kernels take 249 registers at their defaults
-# (ncu, stage 0), so one warp per program leaves 8 warps per SM; a cap trades spills (local memory) for resident warps.
-# Measured on one H100: no gain at 168 or 128 for the backward (26.4 and 36.6 ms against 24.5 uncapped) or at 96 and
-# 64 for the forward (5.3 and 6.4 ms against ~5.4).
+# Register caps (Triton's maxnreg; None: the compiler's choice); a cap trades spills (local memory) for resident
+# warps. Version 8's backward took 249 registers (ncu, stage 0): 8 one-warp programs per SM. Measured on one H100: no
+# gain at 168 or 128 for that backward (26.4 and 36.6 ms against 24.5 uncapped) or at 96 and 64 for the forward (5.3
+# and 6.4 ms against ~5.4; offline with the GPU machine's Triton 3.6 the forward takes 96 registers uncapped).
 FWD_MAXNREG: int | None = None
 BWD_MAXNREG: int | None = None
+# 1: the forward loads each step's tiles during the previous step's arithmetic, as the backward does (126 instead of
+# 96 registers offline with Triton 3.6; not yet timed on a GPU); 0: at the start of their own step (version 6).
+FWD_PREFETCH = 0
 # 1: the backward addresses the N states through a pair rotation, which changes Triton's register layout of its
 # [BLOCK_D, N] tiles so the per-position sums need 29% fewer warp shuffles (version 9; see the kernel); 0: in order.
 BWD_ROTATE_STATES = 1
@@ -73,7 +76,7 @@ BWD_ROTATE_STATES = 1
 BWD_REDUCE_BC = True
 # The tile constants above, by name (scripts/benchmark_scan.py sweeps them, both benchmarks' --tile sets them).
 TILE_SETTINGS = ("FWD_BLOCK_D", "FWD_WARPS", "FWD_MAXNREG", "BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
-TILE_SETTINGS += ("BWD_MAXNREG", "BWD_ROTATE_STATES")
+TILE_SETTINGS += ("BWD_MAXNREG", "BWD_ROTATE_STATES", "FWD_PREFETCH")
 # Per sequence length L, tile constants that replace the module-wide ones for scans of that length, e.g.
 # {3136: {"BWD_BLOCK_D": 4}}: the best tile can differ per stage (a stage's program count against the resident
 # programs decides its last wave's fill). Empty: every length uses the constants above.
@@ -257,6 +260,7 @@ if triton is not None:
         N_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         """Forward, 8 positions per loop step: u, delta as [BLOCK_D, 8] and B, C as [N, 8] tiles loaded before any
         of their compute, softplus on the whole [BLOCK_D, 8] tile, then the 8 positions one after the other
@@ -288,6 +292,18 @@ if triton is not None:
         c_rows = c_ptr + batch * stride_c_batch + group * stride_c_group + states[:, None] * stride_c_state
         state_rows = state_ptr + ((batch * dim + chans[:, None]) * n_tiles) * n_state + states[None, :]
         h = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)
+        if PREFETCH:  # the first step's tiles; each step then loads the next one's before its own arithmetic
+            next_u, next_delta, next_b, next_c = _step_tiles(
+                u_rows,
+                delta_rows,
+                b_rows,
+                c_rows,
+                stride_b_pos,
+                stride_c_pos,
+                _memory_position(order_ptr, group, steps, length, REORDER),
+                steps < length,
+                state_ok,
+            )
         for base in range(0, length, T):
             if SAVE_STATE:
                 if base % BLOCK_L == 0:
@@ -295,9 +311,24 @@ if triton is not None:
             pos = base + steps
             pos_ok = pos < length
             mem = _memory_position(order_ptr, group, pos, length, REORDER)
-            u, delta, b_tile, c_tile = _step_tiles(
-                u_rows, delta_rows, b_rows, c_rows, stride_b_pos, stride_c_pos, mem, pos_ok, state_ok
-            )
+            if PREFETCH:
+                u, delta, b_tile, c_tile = next_u, next_delta, next_b, next_c
+                ahead = pos + T  # past the end at the last step: masked, never used
+                next_u, next_delta, next_b, next_c = _step_tiles(
+                    u_rows,
+                    delta_rows,
+                    b_rows,
+                    c_rows,
+                    stride_b_pos,
+                    stride_c_pos,
+                    _memory_position(order_ptr, group, ahead, length, REORDER),
+                    ahead < length,
+                    state_ok,
+                )
+            else:
+                u, delta, b_tile, c_tile = _step_tiles(
+                    u_rows, delta_rows, b_rows, c_rows, stride_b_pos, stride_c_pos, mem, pos_ok, state_ok
+                )
             u, delta, b_tile, c_tile = (
                 u.to(tl.float32),
                 delta.to(tl.float32),
@@ -720,6 +751,7 @@ def _forward(
         N_PAD=_next_pow2(n_state),
         BLOCK_D=block_d,
         BLOCK_L=chunk,
+        PREFETCH=bool(tile("FWD_PREFETCH", length)),
         num_warps=tile("FWD_WARPS", length),
         **extra,
     )

@@ -76,6 +76,8 @@ def test_register_cap_trades_spills_for_residency():
 def test_forward_and_four_position_steps_compile():
     forward = compiled("--kernel", "forward")
     assert forward["registers"] > 0 and forward["loops"]
+    prefetching = compiled("--kernel", "forward", "--prefetch", "1")  # the next step's tiles live across the step
+    assert prefetching["registers"] >= forward["registers"] and prefetching["loops"]
     # the 4-position steps carry the saved state over the chunk's first half: a second (inner) loop
     four = compiled("--block_d", "16", "--step", "4")
     assert len(four["loops"]) >= 2

@@ -128,18 +128,29 @@ def test_interpreter_matches_torch_scan(
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="needs Triton with TRITON_INTERPRET=1 (CPU interpreter)")
-@pytest.mark.parametrize("d_state", [5, 16])
-def test_interpreter_rotated_and_in_order_states_agree(monkeypatch, d_state):
-    """BWD_ROTATE_STATES only relabels which slot holds which state: the same gradients either way (N = 5 padded to
-    8 rotates a padded slot into the middle)."""
+@pytest.mark.parametrize("d_state, reorder", [(5, False), (16, False), (4, True)])
+def test_interpreter_kernel_variants_agree(monkeypatch, d_state, reorder):
+    """BWD_ROTATE_STATES only relabels which slot holds which state and FWD_PREFETCH only moves the forward's loads
+    a step earlier: the same output and gradients with each on and off (N = 5 padded to 8 rotates a padded slot into
+    the middle; L = 21 ends in a partial step; with orders every group walks its own permutation)."""
     inputs = make_inputs(7, 2, 16, 21, d_state, 2, torch.float32)
     dy = torch.randn(2, 16, 21, generator=torch.Generator().manual_seed(8))
+    orders = None
+    if reorder:
+        gen = torch.Generator().manual_seed(9)
+        orders = torch.stack([torch.randperm(21, generator=gen) for _ in range(2)]).to(torch.int32)
+
+    def scan(*args):
+        return triton_scan.triton_selective_scan(*args, orders=orders)
+
     results = []
-    for rotate in (1, 0):
+    for rotate, prefetch in ((1, 0), (0, 0), (1, 1)):
         monkeypatch.setattr(triton_scan, "BWD_ROTATE_STATES", rotate)
-        results.append(output_and_grads(triton_scan.triton_selective_scan, inputs, dy))
-    for name, rotated, in_order in zip(("y",) + GRAD_NAMES, *results, strict=True):
-        assert rel_err(rotated, in_order) < 1e-6, name
+        monkeypatch.setattr(triton_scan, "FWD_PREFETCH", prefetch)
+        results.append(output_and_grads(scan, inputs, dy))
+    for variant in results[1:]:
+        for name, x, reference in zip(("y",) + GRAD_NAMES, variant, results[0], strict=True):
+            assert rel_err(x, reference) < 1e-6, name
 
 
 def reordered_torch_scan(u, delta, A, B, C, D, delta_bias, orders):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU call (about 400 s on one H100), from the repository root: `bash .ci/gpu/scan_call.sh`.
+# One GPU call (at most 540 s plus unpacking the runtime, one H100), from the repository root:
+#   bash .ci/gpu/scan_call.sh
 # 1. the GPU tests of the Triton scan (against mamba-ssm, compiled path);
 # 2. `scripts.benchmark_scan --sweep`: every tile configuration, the winners, then the table with the winners next to
 #    mamba-ssm (fp32);
@@ -8,12 +9,12 @@
 set -o pipefail
 source .ci/gpu/env.sh
 t0=$(date +%s)
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_triton_scan.py 2>&1 | tail -20 | tee "$OUT"/pytest.txt
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_scan.py 2>&1 | tail -20 | tee "$OUT"/pytest.txt
 echo "pytest done at $(( $(date +%s) - t0 )) s"
-timeout 330 python3 -m scripts.benchmark_scan --sweep --steps 10 2>&1 | tee "$OUT"/sweep.txt
+timeout 360 python3 -m scripts.benchmark_scan --sweep --steps 10 --warmup 3 2>&1 | tee "$OUT"/sweep.txt
 echo "sweep done at $(( $(date +%s) - t0 )) s"
 tiles=$(sed -n 's/^sweep winner: //p' "$OUT"/sweep.txt | grep -o -- '--tile [^ ]*' | tr '\n' ' ')
 echo "winners: ${tiles:-none}"
 # shellcheck disable=SC2086  # the winners are separate --tile arguments
-timeout 70 python3 -m scripts.benchmark_scan --steps 10 --dtype bfloat16 $tiles 2>&1 | tee "$OUT"/bench_bf16.txt
+timeout 60 python3 -m scripts.benchmark_scan --steps 10 --warmup 3 --dtype bfloat16 $tiles 2>&1 | tee "$OUT"/bench_bf16.txt
 echo "all done at $(( $(date +%s) - t0 )) s"

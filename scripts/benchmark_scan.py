@@ -1,7 +1,8 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
-``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--check] [--no-mamba]
-[--dtype bfloat16] [--tile NAME[@L]=VALUE ...]`` on a CUDA machine with Triton (and mamba-ssm for the reference rows).
+``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--sweep_only RE]
+[--check] [--no-mamba] [--dtype bfloat16] [--tile NAME[@L]=VALUE ...]``
+on a CUDA machine with Triton (and mamba-ssm for the reference rows).
 Prints, for the scan shapes of one step (SS2D stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage
 i has d_inner 192 * 2**i at L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the
 achieved bandwidth (the fewest bytes each pass must move: inputs read once, outputs written once, over the time) and
@@ -17,7 +18,8 @@ sequence of calls, warm-up first, median of --steps.
 --sweep times tile configurations and register caps of the Triton kernels first (forward: BLOCK_D, num_warps;
 backward: BLOCK_D, chunk, num_warps, step; each with per-stage times), then a per-stage mix where single stages have
 other winners, prints the winners as ``sweep winner: --tile ...`` and runs the table below with them; --sweep bwd
-only the backward's, and nothing else.
+only the backward's, and nothing else. --sweep_only REGEX times only the rows whose label matches (re.search), plus
+each kernel's default row, which every comparison needs: e.g. the candidates not yet timed on a GPU, in a short call.
 
 "triton" rows are the Triton scan as the gathered cross-scan calls it; "tri-pair" and "tri-index" rows run it as
 SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4 directions; see
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -159,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=("all", "bwd"),
         help="time tile configurations of the Triton kernels first (bwd: only the backward's, then stop)",
     )
+    parser.add_argument(
+        "--sweep_only", default=None, help="with --sweep: only the rows whose label matches this regex (+ defaults)"
+    )
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
     add_tile_argument(parser)
     args = parser.parse_args(argv)
@@ -200,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     if args.sweep:
-        winners = sweep(time_backend, backward_only=args.sweep == "bwd")
+        winners = sweep(time_backend, backward_only=args.sweep == "bwd", only=args.sweep_only)
         if args.sweep == "bwd":
             return
         for setting in winners:  # the table below times the sweep's winners next to mamba-ssm
@@ -266,14 +272,17 @@ class SweepRow:
     stages: list[float]
 
 
-def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False) -> list[TileSetting]:
+def sweep(
+    time_backend: Callable[[ScanFn, int | None, bool], float], backward_only: bool = False, only: str | None = None
+) -> list[TileSetting]:
     """Time kernel configurations and print one line each, with its 4 stages' times (their tail waves differ): the
     forward alone at (BLOCK_D, num_warps) and register caps, then forward+backward (after the default forward) at
     (BLOCK_D, chunk, num_warps, step) and register caps, and once without the dB/dC atomics (a diagnostic: wrong dB,
     dC). For each kernel the fastest configuration wins if it is >= 1% faster than the default; where other
     configurations win single stages, that per-stage mix (TILES_BY_LENGTH) is timed too and wins if >= 1% faster
     still. Prints and returns the winners as tile settings (empty: the defaults stay); the module's constants are
-    restored at the end either way."""
+    restored at the end either way. ``only``: a regex; rows whose label it does not match are skipped, except each
+    kernel's default row (the first)."""
     saved = {name: getattr(triton_scan, name) for name in triton_scan.TILE_SETTINGS + ("BWD_REDUCE_BC",)}
     saved_by_length = {length: dict(tiles) for length, tiles in triton_scan.TILES_BY_LENGTH.items()}
     fwd_configs = [(8, 1), (4, 1), (16, 1), (16, 2), (32, 4)]  # (FWD_BLOCK_D, FWD_WARPS); the first is the default
@@ -297,6 +306,7 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
     bwd_names = ("BWD_BLOCK_D", "BWD_CHUNK", "BWD_WARPS", "BWD_STEP")
     lengths = [side * side for _, side in STAGES]
     fn = triton_scan.triton_selective_scan
+    default_settings = [dict(zip(fwd_names, fwd_configs[0])), dict(zip(bwd_names, bwd_configs[0]))]
 
     def restore() -> None:
         for name, value in saved.items():
@@ -306,6 +316,9 @@ def sweep(time_backend: Callable[[ScanFn, int | None, bool], float], backward_on
 
     def timed(label: str, backward: bool, settings: dict[str, int | None], by_length=None) -> SweepRow | None:
         """One line: the 16 scans back to back and each stage's 4, with settings (and per-length ones) applied."""
+        is_default = settings in default_settings
+        if only is not None and not is_default and by_length is None and not re.search(only, label):
+            return None
         restore()
         for name, value in settings.items():
             setattr(triton_scan, name, value)

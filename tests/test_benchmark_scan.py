@@ -128,3 +128,18 @@ def test_format_tiles_writes_the_tile_arguments():
     text = benchmark_scan.format_tiles(settings)
     assert text == "--tile BWD_MAXNREG=224 --tile BWD_BLOCK_D@3136=4 --tile FWD_MAXNREG=None"
     assert [triton_scan.parse_tile(arg) for arg in text.split()[1::2]] == settings
+
+
+def test_sweep_only_times_the_matching_rows_and_the_defaults(capsys):
+    def stage_ms(stage, tile, backward):
+        if not backward:
+            return 0.9 if tile("FWD_WARPS") == 2 else 1.0  # would win, but its row is filtered out
+        return 0.8 if tile("BWD_MAXNREG") == 224 else 1.0
+
+    winners = benchmark_scan.sweep(modelled_time_backend(stage_ms), only=r"prefetch|FWD_PREFETCH|maxnreg 224")
+    out = capsys.readouterr().out
+    labels = [line.split(":")[0] for line in out.splitlines() if line.startswith("sweep ") and " ms " in line]
+    assert labels[0] == "sweep fwd (8, 1)" and "sweep fwd+bwd (8, 8, 1, 8)" in labels  # the defaults, always
+    assert any("FWD_PREFETCH" in label for label in labels) and "sweep fwd+bwd (8, 8, 1, 8), maxnreg 224" in labels
+    assert not any("(16, 2)" in label or "WITHOUT" in label or "states in order" in label for label in labels)
+    assert winners == [("BWD_MAXNREG", None, 224)]

@@ -5,16 +5,17 @@
 # 2. `scripts.benchmark_scan --sweep`: every tile configuration, the winners, then the table with the winners next to
 #    mamba-ssm (fp32);
 # 3. the same table with bf16 inputs at the sweep's winners.
+# PYTEST_S, SWEEP_S and BF16_S override the three time limits (120, 360 and 60 s).
 # Outputs go to $OUT (the device tool brings them back): pytest.txt, sweep.txt, bench_bf16.txt.
 set -o pipefail
 source .ci/gpu/env.sh
 t0=$(date +%s)
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_scan.py 2>&1 | tail -20 | tee "$OUT"/pytest.txt
+timeout "${PYTEST_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/test_triton_scan.py 2>&1 | tail -20 | tee "$OUT"/pytest.txt
 echo "pytest done at $(( $(date +%s) - t0 )) s"
-timeout 360 python3 -m scripts.benchmark_scan --sweep --steps 10 --warmup 3 2>&1 | tee "$OUT"/sweep.txt
+timeout "${SWEEP_S:-360}" python3 -m scripts.benchmark_scan --sweep --steps 10 --warmup 3 2>&1 | tee "$OUT"/sweep.txt
 echo "sweep done at $(( $(date +%s) - t0 )) s"
 tiles=$(sed -n 's/^sweep winner: //p' "$OUT"/sweep.txt | grep -o -- '--tile [^ ]*' | tr '\n' ' ')
 echo "winners: ${tiles:-none}"
 # shellcheck disable=SC2086  # the winners are separate --tile arguments
-timeout 60 python3 -m scripts.benchmark_scan --steps 10 --warmup 3 --dtype bfloat16 $tiles 2>&1 | tee "$OUT"/bench_bf16.txt
+timeout "${BF16_S:-60}" python3 -m scripts.benchmark_scan --steps 10 --warmup 3 --dtype bfloat16 $tiles 2>&1 | tee "$OUT"/bench_bf16.txt
 echo "all done at $(( $(date +%s) - t0 )) s"

@@ -2,7 +2,7 @@
 
 ``python -m scripts.benchmark [--networks mamba_unet,unet,swin_unet] [--batch 24] [--size 224] [--steps N]
 [--amp bf16|none] [--compile [--compile_mode MODE]] [--pipeline_iters N] [--dataset_dir DIR]
-[--triton_cross_scan pair|index|gather] [--cross_scan_impl gather|views|auto] [--tile NAME[@L]=VALUE ...]
+[--triton_cross_scan pair|index|gather] [--cross_scan_impl gather|views|auto|triton] [--tile NAME[@L]=VALUE ...]
 [--profile N]``
 prints, per network (the scan backend follows ``MAMBA_UNET_SCAN``; on ``triton``, ``--triton_cross_scan`` sets how
 SS2D feeds the four directions to the kernel, see mamba_unet.TRITON_CROSS_SCAN; ``--cross_scan_impl`` how the

@@ -97,3 +97,13 @@ def test_programs_per_sm_follows_sm90_limits():
     assert kernel_report.KernelReport(128, 0, 0, 1, []).programs_per_sm == 16
     assert kernel_report.KernelReport(32, 0, 0, 1, []).programs_per_sm == 32  # the block limit, not registers
     assert kernel_report.KernelReport(64, 0, 0, 4, []).programs_per_sm == 8
+
+
+@needs_backend
+def test_layout_kernels_compile_without_spills_with_wide_channel_accesses():
+    """SS2D's tiled cross-scan and merge (scripts/triton_cross_scan.py) compile for sm_90; on the channels-last side
+    each thread moves 8 bf16 (cross-scan loads) or 4 fp32 (merge stores) channels in one 128-bit access."""
+    for kernel, access in (("cross_scan", "LDG.128"), ("cross_merge", "STG.128")):
+        result = compiled("--kernel", kernel)
+        assert 0 < result["registers"] <= 255 and result["stack_bytes"] == 0
+        assert result["whole"]["opcodes"].get(access, 0) > 0, (kernel, result["whole"]["opcodes"])

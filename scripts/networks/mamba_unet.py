@@ -25,6 +25,7 @@ from monai.networks.nets.swin_unetr import PatchMergingV2
 
 from scripts.networks.pretrained import load_mirrored_encoder_weights
 from scripts.selective_scan import resolve_scan_backend, selective_scan
+from scripts.triton_cross_scan import triton_cross_merge, triton_cross_scan
 from scripts.triton_scan import triton_selective_scan
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,12 @@ TRITON_CROSS_SCAN_MODES = ("gather", "pair", "index")
 # copied by one stack, the merge as flips and a transpose; the backward is autograd's), or "auto" ("views" while
 # torch.compile traces, "gather" eager). Why "views" under compile: Inductor turns the gathers into index loads whose
 # column-major directions read x with stride W (the compiled bf16 profile's gather kernels move ~335 GB/s), while it
-# can emit transposes and flips as tiled, coalesced copies. Not yet measured on the GPU, so "gather" stays the default.
+# can emit transposes and flips as tiled, coalesced copies. "triton": scripts/triton_cross_scan.py's tiled kernels,
+# which read the channels-last conv output and write the merged sum channels-last for out_norm (both sides of each
+# transpose coalesced; CUDA, or CPU under TRITON_INTERPRET=1). Neither is measured on the GPU yet, so "gather" stays the
+# default.
 CROSS_SCAN_IMPL = "gather"
-CROSS_SCAN_IMPLS = ("gather", "views", "auto")
+CROSS_SCAN_IMPLS = ("gather", "views", "auto", "triton")
 
 
 def _four_directions(row_major: torch.Tensor, height: int, width: int, dim: int) -> torch.Tensor:
@@ -145,7 +149,7 @@ class _CrossMerge(torch.autograd.Function):
 
 
 def _cross_scan_impl() -> str:
-    """CROSS_SCAN_IMPL resolved: "gather" or "views" ("auto" by whether torch.compile is tracing)."""
+    """CROSS_SCAN_IMPL resolved: "gather", "views" or "triton" ("auto" by whether torch.compile is tracing)."""
     if CROSS_SCAN_IMPL not in CROSS_SCAN_IMPLS:
         raise ValueError(f"mamba_unet.CROSS_SCAN_IMPL must be one of {CROSS_SCAN_IMPLS}, got {CROSS_SCAN_IMPL!r}")
     if CROSS_SCAN_IMPL == "auto":
@@ -163,7 +167,10 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
         (B, 4, D, L) contiguous with L = H*W: [row-major, column-major, reversed row-major, reversed column-major].
     """
     batch, dim, height, width = x.shape
-    if _cross_scan_impl() == "views":
+    impl = _cross_scan_impl()
+    if impl == "triton":
+        return triton_cross_scan(x)
+    if impl == "views":
         return _four_directions(x.reshape(batch, dim, height * width), height, width, dim=1)
     orders, inverses = _direction_orders(height, width, x.device)
     flat = x.reshape(batch, dim, height * width)
@@ -180,9 +187,12 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
         height, width: spatial size with L = height*width.
 
     Returns:
-        (B, D, L) in row-major order.
+        (B, D, L) in row-major order ("triton": a transposed view of channels-last (B, L, D) memory).
     """
-    if _cross_scan_impl() == "views":
+    impl = _cross_scan_impl()
+    if impl == "triton":
+        return triton_cross_merge(y, height, width)
+    if impl == "views":
         batch, _, dim, length = y.shape
         wide = y.to(torch.promote_types(y.dtype, torch.float32))  # summed in float32 or wider, as the gather path
         row_major = wide[:, 0] + wide[:, 2].flip(-1)

@@ -22,6 +22,7 @@ when ``triton`` imports.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -121,10 +122,17 @@ def _grid_and_tiles(batch: int, dim: int, height: int, width: int) -> tuple[tupl
     return grid, tile_channels, tile_pixels
 
 
-def _require_triton() -> None:
+def _require_triton(t: torch.Tensor) -> None:
+    """RuntimeError unless the kernels can run on t's device: Triton installed, and a CUDA tensor (or the CPU
+    interpreter, TRITON_INTERPRET=1, as in the tests)."""
     if triton is None:
         raise RuntimeError(
             "scripts/triton_cross_scan.py: Triton is not installed; set mamba_unet.CROSS_SCAN_IMPL to 'gather'"
+        )
+    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"scripts/triton_cross_scan.py: the Triton cross-scan needs CUDA tensors, got one on {t.device}; set "
+            "mamba_unet.CROSS_SCAN_IMPL to 'gather' (or TRITON_INTERPRET=1 to interpret the kernels on the CPU)"
         )
 
 
@@ -208,7 +216,7 @@ def triton_cross_scan(x: torch.Tensor) -> torch.Tensor:
         (B, 4, D, L) contiguous in x's dtype, L = H*W: [row-major, column-major, reversed row-major, reversed
         column-major], as mamba_unet.cross_scan.
     """
-    _require_triton()
+    _require_triton(x)
     _check_map(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return TritonCrossScan.apply(x)
@@ -225,7 +233,7 @@ def triton_cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor
         (B, D, L) in float32 (float64 for float64 y): a transposed view of a contiguous channels-last (B, L, D)
         tensor, so ``.transpose(1, 2)`` gives the (B, L, D) map without a copy.
     """
-    _require_triton()
+    _require_triton(y)
     if y.dim() != 4 or y.shape[1] != NUM_DIRECTIONS or y.shape[3] != height * width or not y.is_floating_point():
         raise ValueError(
             f"triton_cross_merge: expected float (B, {NUM_DIRECTIONS}, D, {height}*{width}), got {y.dtype} "

@@ -85,10 +85,15 @@ def test_inference_path_and_bad_shapes(monkeypatch):
         triton_cross_scan.triton_cross_merge(torch.randn(1, 4, 3, 24, device=DEVICE), 4, 5)
 
 
-def test_fails_clearly_without_triton(monkeypatch):
+def test_fails_clearly_without_triton_or_off_the_gpu(monkeypatch):
     monkeypatch.setattr(triton_cross_scan, "triton", None)
     with pytest.raises(RuntimeError, match="Triton is not installed"):
         triton_cross_scan.triton_cross_scan(torch.randn(1, 2, 3, 3))
+    monkeypatch.undo()
+    if HAVE_TRITON:  # a CPU tensor without the interpreter: a clear error, not Triton's "0 active drivers"
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+            triton_cross_scan.triton_cross_merge(torch.randn(1, 4, 2, 9), 3, 3)
 
 
 @pytest.mark.skipif(not RUNS, reason="needs Triton on a GPU or with TRITON_INTERPRET=1")

@@ -109,3 +109,20 @@ def test_inference_network_matches_metadata_shapes():
     with torch.no_grad():
         y = net(x)
     assert y.shape == (1, meta["outputs"]["pred"]["num_channels"], *x.shape[2:])
+
+
+@pytest.mark.parametrize(
+    "names", [("train.json",), ("train.json", "networks/mamba_unet.json"), ("inference.json",)], ids="+".join
+)
+def test_cross_scan_impl_override_reaches_every_ss2d_block(names):
+    """`--cross_scan_impl triton` (a top-level key, default "gather") sets how every SS2D block moves its map; an
+    unknown value is refused when the network is built, naming the choices."""
+    from scripts.networks.mamba_unet import SS2D
+
+    assert parser_for(*names)["cross_scan_impl"] == "gather"
+    net = parser_for(*names, cross_scan_impl="triton").get_parsed_content("network_def")
+    blocks = [m for m in net.modules() if isinstance(m, SS2D)]
+    assert len(blocks) == 14 and {b.cross_scan_impl for b in blocks} == {"triton"}
+    with pytest.raises(RuntimeError, match="Failed to instantiate") as failure:  # MONAI wraps the network's error
+        parser_for(*names, cross_scan_impl="copy").get_parsed_content("network_def")
+    assert "cross_scan_impl must be None or one of" in str(failure.value.__cause__)

@@ -218,8 +218,8 @@ def test_cross_scan_auto_picks_views_while_torch_compile_traces(monkeypatch):
     seen = []
     resolve = mamba_unet._cross_scan_impl
 
-    def spy():
-        seen.append(resolve())
+    def spy(impl=None):
+        seen.append(resolve(impl))
         return seen[-1]
 
     monkeypatch.setattr(mamba_unet, "_cross_scan_impl", spy)

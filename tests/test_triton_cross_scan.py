@@ -112,6 +112,25 @@ def test_ss2d_with_triton_copies_matches_the_gathers(monkeypatch):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.skipif(not RUNS, reason="needs Triton on a GPU or with TRITON_INTERPRET=1")
+def test_mamba_unet_with_the_triton_cross_scan_matches_the_gathers(monkeypatch):
+    """MambaUNet(cross_scan_impl="triton") against the module-wide gathers: same logits and gradients (the
+    constructor argument, which the bundle's `cross_scan_impl` config key sets, reaches every block)."""
+    monkeypatch.setattr(mamba_unet, "CROSS_SCAN_IMPL", "gather")
+    torch.manual_seed(4)
+    x = torch.randn(1, 1, 64, 64, dtype=torch.float64, device=DEVICE)
+    results = {}
+    for impl in (None, "triton"):
+        torch.manual_seed(5)
+        net = mamba_unet.MambaUNet(embed_dim=8, d_state=4, scan_backend="torch", cross_scan_impl=impl)
+        net = net.double().to(DEVICE)
+        logits = net(x)
+        grads = torch.autograd.grad(logits.square().mean(), [net.patch_embed.proj.weight, net.output.weight])
+        results[impl] = (logits.detach(), *grads)
+    for got, ref in zip(results["triton"], results[None]):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA and Triton")
 @pytest.mark.parametrize("dim, side", [(192, 56), (384, 28), (768, 14), (1536, 7)])
 def test_gpu_compiled_matches_gathers_on_mamba_unet_shapes(monkeypatch, dim, side):

@@ -148,26 +148,29 @@ class _CrossMerge(torch.autograd.Function):
         return _gather_directions(grad.to(ctx.input_dtype), orders), None, None
 
 
-def _cross_scan_impl() -> str:
-    """CROSS_SCAN_IMPL resolved: "gather", "views" or "triton" ("auto" by whether torch.compile is tracing)."""
-    if CROSS_SCAN_IMPL not in CROSS_SCAN_IMPLS:
-        raise ValueError(f"mamba_unet.CROSS_SCAN_IMPL must be one of {CROSS_SCAN_IMPLS}, got {CROSS_SCAN_IMPL!r}")
-    if CROSS_SCAN_IMPL == "auto":
+def _cross_scan_impl(impl: str | None = None) -> str:
+    """``impl`` (None: CROSS_SCAN_IMPL) resolved: "gather", "views" or "triton" ("auto" by whether torch.compile is
+    tracing)."""
+    impl = CROSS_SCAN_IMPL if impl is None else impl
+    if impl not in CROSS_SCAN_IMPLS:
+        raise ValueError(f"mamba_unet.CROSS_SCAN_IMPL must be one of {CROSS_SCAN_IMPLS}, got {impl!r}")
+    if impl == "auto":
         return "views" if torch.compiler.is_compiling() else "gather"
-    return CROSS_SCAN_IMPL
+    return impl
 
 
-def cross_scan(x: torch.Tensor) -> torch.Tensor:
+def cross_scan(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
     """Unfold a feature map into the four SS2D scan sequences.
 
     Args:
         x: (B, D, H, W).
+        impl: how the data move, one of CROSS_SCAN_IMPLS; None: the module's CROSS_SCAN_IMPL.
 
     Returns:
         (B, 4, D, L) contiguous with L = H*W: [row-major, column-major, reversed row-major, reversed column-major].
     """
     batch, dim, height, width = x.shape
-    impl = _cross_scan_impl()
+    impl = _cross_scan_impl(impl)
     if impl == "triton":
         return triton_cross_scan(x)
     if impl == "views":
@@ -179,17 +182,18 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     return _CrossScan.apply(flat, orders, inverses)
 
 
-def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def cross_merge(y: torch.Tensor, height: int, width: int, impl: str | None = None) -> torch.Tensor:
     """Map the four scan outputs back to row-major order and SUM them (the reference sums, it does not average).
 
     Args:
         y: (B, 4, D, L) in the order produced by :func:`cross_scan`.
         height, width: spatial size with L = height*width.
+        impl: as for :func:`cross_scan`.
 
     Returns:
         (B, D, L) in row-major order ("triton": a transposed view of channels-last (B, L, D) memory).
     """
-    impl = _cross_scan_impl()
+    impl = _cross_scan_impl(impl)
     if impl == "triton":
         return triton_cross_merge(y, height, width)
     if impl == "views":
@@ -218,6 +222,7 @@ class SS2D(nn.Module):
         d_conv: int = 3,
         expand: int = 2,
         scan_backend: str = "auto",
+        cross_scan_impl: str | None = None,
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
@@ -227,6 +232,9 @@ class SS2D(nn.Module):
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16)
         self.scan_backend = scan_backend
+        if cross_scan_impl is not None and cross_scan_impl not in CROSS_SCAN_IMPLS:
+            raise ValueError(f"cross_scan_impl must be None or one of {CROSS_SCAN_IMPLS}, got {cross_scan_impl!r}")
+        self.cross_scan_impl = cross_scan_impl
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv2d = nn.Conv2d(
             self.d_inner, self.d_inner, d_conv, padding=(d_conv - 1) // 2, groups=self.d_inner, bias=True
@@ -283,7 +291,7 @@ class SS2D(nn.Module):
         (B, 4 d_inner, L) sequence batch, gather back and sum."""
         batch = x.shape[0]
         length = height * width
-        xs = cross_scan(x)  # (B, K, d_inner, L), contiguous
+        xs = cross_scan(x, self.cross_scan_impl)  # (B, K, d_inner, L), contiguous
         # Broadcast batched matmuls read xs in place (einsum would permute-copy it): (1,K,c,d) @ (B,K,d,L) -> (B,K,c,L).
         x_dbl = torch.matmul(self.x_proj_weight.unsqueeze(0), xs)
         dts, b_mats, c_mats = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
@@ -303,7 +311,8 @@ class SS2D(nn.Module):
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        return cross_merge(y.view(batch, NUM_DIRECTIONS, self.d_inner, length), height, width)  # (B, d_inner, L)
+        y = y.view(batch, NUM_DIRECTIONS, self.d_inner, length)
+        return cross_merge(y, height, width, self.cross_scan_impl)  # (B, d_inner, L)
 
     def _fused_triton_scan(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """x: (B, d_inner, H, W) -> the same float32 sum as :meth:`_gathered_scan`, (B, d_inner, L) row-major, with
@@ -349,10 +358,26 @@ class SS2D(nn.Module):
 class VSSBlock(nn.Module):
     """x + DropPath(SS2D(LayerNorm(x))); no MLP and no layer scale. (B, H, W, C) -> (B, H, W, C)."""
 
-    def __init__(self, dim: int, drop_path: float, d_state: int, d_conv: int, expand: int, scan_backend: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float,
+        d_state: int,
+        d_conv: int,
+        expand: int,
+        scan_backend: str,
+        cross_scan_impl: str | None = None,
+    ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
-        self.self_attention = SS2D(dim, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
+        self.self_attention = SS2D(
+            dim,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            scan_backend=scan_backend,
+            cross_scan_impl=cross_scan_impl,
+        )
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -396,10 +421,11 @@ class VSSLayer(nn.Module):
         d_conv: int,
         expand: int,
         scan_backend: str,
+        cross_scan_impl: str | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            VSSBlock(dim, rate, d_state, d_conv, expand, scan_backend) for rate in drop_path_rates
+            VSSBlock(dim, rate, d_state, d_conv, expand, scan_backend, cross_scan_impl) for rate in drop_path_rates
         )
         # MONAI's 2D PatchMergingV2 gathers (0::2,0::2), (1::2,0::2), (0::2,1::2), (1::2,1::2) -> LN(4C) ->
         # Linear(4C -> 2C, no bias): the reference's order and parameter names.
@@ -443,6 +469,8 @@ class MambaUNet(nn.Module):
         rgb_stem: True = the paper's 3-channel stem (a 1-channel input is repeated to 3 channels, which lets the
             ImageNet stem load unchanged); False = the stem takes in_channels directly.
         scan_backend: passed to :func:`scripts.selective_scan.selective_scan`.
+        cross_scan_impl: how SS2D moves the feature map into the four scan orders and back, one of CROSS_SCAN_IMPLS
+            ("triton": tiled kernels, CUDA only); None: the module's CROSS_SCAN_IMPL at each call ("gather").
         pretrained_path: VMamba v0 checkpoint loaded with :func:`load_vmamba_v0_weights` after init.
     """
 
@@ -458,6 +486,7 @@ class MambaUNet(nn.Module):
         drop_path_rate: float = 0.2,
         rgb_stem: bool = True,
         scan_backend: str = "auto",
+        cross_scan_impl: str | None = None,
         pretrained_path: str | None = None,
     ) -> None:
         super().__init__()
@@ -474,7 +503,9 @@ class MambaUNet(nn.Module):
         dims = [embed_dim * 2**i for i in range(num_stages)]
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stage_rates = [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(num_stages)]
-        scan_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
+        scan_kwargs = dict(
+            d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend, cross_scan_impl=cross_scan_impl
+        )
 
         # MONAI's PatchEmbed = Conv2d(k=s=4) + LayerNorm over channels, with the reference's names (proj, norm).
         self.patch_embed = PatchEmbed(

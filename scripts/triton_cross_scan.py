@@ -13,11 +13,11 @@ just not vectorised); the column-major ones use the tile transposed, [TD, TS (w)
 its last axis.
 
 Hand-written because neither PyTorch nor MONAI has a "gather into several orders and back" that is coalesced on both
-sides, and Inductor cannot tile a transpose that it fuses into a reduction (the merge into LayerNorm). Each kernel is
-the other's backward: the merge of the four gradients is the cross-scan's gradient and vice versa.
+sides, and Inductor's fused versions of the gathers ran at the bandwidth above. Each kernel is the other's backward:
+the merge of the four gradients is the cross-scan's gradient and vice versa.
 
-Importing this module never needs Triton (CI has none on CPU without the interpreter); the kernels are defined only
-when ``triton`` imports.
+Importing this module never needs Triton: the kernels are defined only when ``triton`` imports (without a GPU they
+run in Triton's CPU interpreter, ``TRITON_INTERPRET=1``, as in the tests).
 """
 
 from __future__ import annotations

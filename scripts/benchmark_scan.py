@@ -1,7 +1,7 @@
 """Selective-scan benchmark: the scans of one Mamba-UNet training step (batch 24, 224x224), mamba-ssm vs Triton.
 
 ``python -m scripts.benchmark_scan [--batch 24] [--steps 20] [--warmup 5] [--sweep [bwd]] [--sweep_only RE]
-[--check] [--no-mamba] [--dtype bfloat16] [--tile NAME[@L]=VALUE ...]``
+[--check] [--no-mamba] [--dtype bfloat16] [--tile NAME[@L]=VALUE ...] [--layout]``
 on a CUDA machine with Triton (and mamba-ssm for the reference rows).
 Prints, for the scan shapes of one step (SS2D stacks the 4 directions: dim = 4 * d_inner, G = 4 groups, N = 16; stage
 i has d_inner 192 * 2**i at L = (56 / 2**i)**2), the forward and forward+backward time of every backend, the
@@ -20,6 +20,11 @@ backward: BLOCK_D, chunk, num_warps, step; each with per-stage times), then a pe
 other winners, prints the winners as ``sweep winner: --tile ...`` and runs the table below with them; --sweep bwd
 only the backward's, and nothing else. --sweep_only REGEX times only the rows whose label matches (re.search), plus
 each kernel's default row, which every comparison needs: e.g. the candidates not yet timed on a GPU, in a short call.
+
+--layout times SS2D's data movement around the scan instead: per stage, the cross-scan of a channels-last map into
+the four scan orders followed by the merge of the four back into one channels-last sum, forward and
+forward+backward, for each mamba_unet.CROSS_SCAN_IMPL ("gather", "views", "triton"), with the GB/s of the fewest
+bytes those passes must move (layout_bytes), then stops.
 
 "triton" rows are the Triton scan as the gathered cross-scan calls it; "tri-pair" and "tri-index" rows run it as
 SS2D's fused cross-scan modes call it (``orders``, u holding 2 or 1 copies of the map shared by the 4 directions; see
@@ -166,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--sweep_only", default=None, help="with --sweep: only the rows whose label matches this regex (+ defaults)"
     )
     parser.add_argument("--no-mamba", action="store_true", help="skip the mamba-ssm rows")
+    parser.add_argument(
+        "--layout", action="store_true", help="time the cross-scan and merge per impl instead, then stop"
+    )
     add_tile_argument(parser)
     args = parser.parse_args(argv)
     for setting in args.tile:
@@ -174,6 +182,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("scripts/benchmark_scan.py needs CUDA and Triton")
     dtype = getattr(torch, args.dtype)
     timer = Timer(torch.device("cuda"))
+    if args.layout:
+        print(f"batch {args.batch}, {args.dtype} map, {torch.cuda.get_device_name()}: median of {args.steps}")
+        print(
+            "\n".join(
+                layout_rows(LAYOUT_IMPLS, args.batch, dtype, torch.device("cuda"), timer, args.steps, args.warmup)
+            )
+        )
+        return
     if args.check:
         for row in check(4, torch.float32):
             print("check fp32 batch 4:", row, flush=True)
@@ -243,6 +259,63 @@ def main(argv: Sequence[str] | None = None) -> None:
         f" {args.steps} after {args.warmup} warm-up"
     )
     print("\n".join(lines))
+
+
+LAYOUT_IMPLS = ("gather", "views", "triton")
+
+
+def layout_bytes(batch: int, d_inner: int, side: int, itemsize: int, backward: bool) -> int:
+    """Fewest bytes SS2D's cross-scan and merge move for one block: the forward reads the map and writes the 4 scans
+    (itemsize), then reads the 4 scans and writes the fp32 sum; the backward reads the fp32 gradient of the sum and
+    writes the 4 scans' gradients, then reads those of the cross-scan and writes the map's. With backward: both."""
+    n = batch * d_inner * side * side
+    forward = n * itemsize * (1 + 4) + n * (4 * itemsize + 4)
+    return forward + (n * (4 + 4 * itemsize) + n * itemsize * (4 + 1) if backward else 0)
+
+
+def layout_rows(
+    impls: Sequence[str],
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    timer: Timer,
+    steps: int,
+    warmup: int,
+    stages: Sequence[tuple[int, int]] = STAGES,
+) -> list[str]:
+    """The --layout table: per stage and impl, cross_merge(cross_scan(map)) forward and forward+backward (ms, GB/s)
+    on a channels-last (batch, d_inner, side, side) map, as the depthwise conv leaves it, and the speedup over the
+    first impl."""
+    from scripts.networks.mamba_unet import cross_merge, cross_scan
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    header = (
+        f"{'impl':<8} {'stage':<14} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'f+b GB/s':>9} {'speedup':>13}"
+    )
+    lines = [header, "-" * len(header)]
+    for stage, (d_inner, side) in enumerate(stages):
+        gen = torch.Generator(device=device).manual_seed(stage)
+        x = torch.randn(batch, side, side, d_inner, generator=gen, device=device).to(dtype).permute(0, 3, 1, 2)
+        dy = torch.randn(batch, d_inner, side * side, generator=gen, device=device)
+        leaf = x.detach().requires_grad_()
+        base = None
+        for impl in impls:
+
+            def forward(impl=impl) -> None:
+                with torch.no_grad():
+                    cross_merge(cross_scan(x, impl), side, side, impl)
+
+            def forward_backward(impl=impl) -> None:
+                cross_merge(cross_scan(leaf, impl), side, side, impl).backward(dy)
+                leaf.grad = None
+
+            times = (median_ms(forward, timer, steps, warmup), median_ms(forward_backward, timer, steps, warmup))
+            all_bytes = layout_bytes(batch, d_inner, side, itemsize, True)
+            fwd_bytes = layout_bytes(batch, d_inner, side, itemsize, False)
+            label = f"{stage} ({d_inner}x{side}^2)"
+            lines.append(_row(impl, label, times[0], fwd_bytes, times[1], all_bytes, base))
+            base = base or times
+    return lines
 
 
 def _row(name, label, fwd, fwd_bytes, fwd_bwd, all_bytes, base) -> str:

@@ -143,3 +143,24 @@ def test_sweep_only_times_the_matching_rows_and_the_defaults(capsys):
     assert any("FWD_PREFETCH" in label for label in labels) and "sweep fwd+bwd (8, 8, 1, 8), maxnreg 224" in labels
     assert not any("(16, 2)" in label or "WITHOUT" in label or "states in order" in label for label in labels)
     assert winners == [("BWD_MAXNREG", None, 224)]
+
+
+def test_layout_table_times_every_impl_per_stage_with_its_bytes():
+    """--layout's table (on the CPU here, the Triton kernels interpreted): one row per stage and impl, positive times,
+    GB/s from layout_bytes, the speedup against the first impl; the byte count is the passes' fewest bytes."""
+    import torch
+
+    from scripts.benchmark import Timer
+
+    impls = ("gather", "views", "triton") if triton_scan.triton_available() else ("gather", "views")
+    rows = benchmark_scan.layout_rows(
+        impls, 2, torch.bfloat16, torch.device("cpu"), Timer(torch.device("cpu")), 1, 0, stages=((8, 4), (16, 2))
+    )
+    assert len(rows) == 2 + 2 * len(impls)
+    assert [row.split()[0] for row in rows[2:]] == list(impls) * 2
+    assert all(float(row.split()[3]) > 0 for row in rows[2:])  # forward ms
+    assert "x/" not in rows[2] and "x/" in rows[3]  # the first impl is the baseline of its stage
+    # bf16 map of n values: forward 1 + 4 reads/writes of 2 bytes and 4 x 2 + 4 (fp32 sum); backward the mirror image
+    n = 2 * 8 * 16
+    assert benchmark_scan.layout_bytes(2, 8, 4, 2, False) == n * (10 + 12)
+    assert benchmark_scan.layout_bytes(2, 8, 4, 2, True) == 2 * n * (10 + 12)

@@ -298,6 +298,9 @@ def layout_rows(
         x = torch.randn(batch, side, side, d_inner, generator=gen, device=device).to(dtype).permute(0, 3, 1, 2)
         dy = torch.randn(batch, d_inner, side * side, generator=gen, device=device)
         leaf = x.detach().requires_grad_()
+        fwd_bytes = layout_bytes(batch, d_inner, side, itemsize, False)
+        all_bytes = layout_bytes(batch, d_inner, side, itemsize, True)
+        label = f"{stage} ({d_inner}x{side}^2)"
         base = None
         for impl in impls:
 
@@ -310,9 +313,6 @@ def layout_rows(
                 leaf.grad = None
 
             times = (median_ms(forward, timer, steps, warmup), median_ms(forward_backward, timer, steps, warmup))
-            all_bytes = layout_bytes(batch, d_inner, side, itemsize, True)
-            fwd_bytes = layout_bytes(batch, d_inner, side, itemsize, False)
-            label = f"{stage} ({d_inner}x{side}^2)"
             lines.append(_row(impl, label, times[0], fwd_bytes, times[1], all_bytes, base))
             base = base or times
     return lines

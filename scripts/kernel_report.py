@@ -34,6 +34,7 @@ KERNELS = {
     "cross_scan": (triton_cross_scan, "_cross_scan_kernel"),
     "cross_merge": (triton_cross_scan, "_cross_merge_kernel"),
 }
+LAYOUT_KERNELS = ("cross_scan", "cross_merge")  # triton_cross_scan's: no scan tiles, the module's own
 # Pointer types where not fp32: the orders, and the layout kernels' bf16 maps under autocast (the merge sums in fp32).
 POINTER_TYPES = {"order_ptr": "*i32", "x_ptr": "*bf16", "y_ptr": "*bf16"}
 POINTER_TYPES_BY_KERNEL = {"cross_scan": {"out_ptr": "*bf16"}}
@@ -173,7 +174,7 @@ def report(
 ) -> KernelReport:
     """Compile at the stage-0 shape (N = 16, D and delta_bias present, no orders; the layout kernels with the
     launcher's tiles for a 56 x 56 map of 192 channels) and report."""
-    if kernel in ("cross_scan", "cross_merge"):
+    if kernel in LAYOUT_KERNELS:
         tiles = {"TD": triton_cross_scan.TILE_CHANNELS, "TS": triton_cross_scan.TILE_PIXELS}
         extra = {"ACC_FP64": False} if kernel == "cross_merge" else {}
         cubin = compile_kernel(kernel, {**tiles, **extra}, num_warps, maxnreg)
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the text lines")
     args = parser.parse_args(argv)
     backward = args.kernel == "backward"
-    layout = args.kernel in ("cross_scan", "cross_merge")
+    layout = args.kernel in LAYOUT_KERNELS
     block_d = args.block_d or (triton_scan.BWD_BLOCK_D if backward else triton_scan.FWD_BLOCK_D)
     default_warps = (
         triton_cross_scan.NUM_WARPS if layout else (triton_scan.BWD_WARPS if backward else triton_scan.FWD_WARPS)

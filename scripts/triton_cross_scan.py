@@ -147,6 +147,14 @@ def _launch_cross_scan(x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
+def _merged_view(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The merge's forward: (B, 4, D, L) -> (B, D, L), a transposed view of the channels-last sum in float32 or
+    wider."""
+    batch, _, dim, length = y.shape
+    out = _launch_cross_merge(y, height, width, torch.promote_types(y.dtype, torch.float32))
+    return out.view(batch, length, dim).transpose(1, 2)
+
+
 def _launch_cross_merge(y: torch.Tensor, height: int, width: int, out_dtype: torch.dtype) -> torch.Tensor:
     """y (B, 4, D, H*W) -> (B, H, W, D) contiguous in out_dtype: the four scans summed at each pixel."""
     y = y.contiguous()
@@ -190,9 +198,7 @@ class TritonCrossMerge(torch.autograd.Function):
     def forward(ctx: Any, y: torch.Tensor, height: int, width: int) -> torch.Tensor:  # type: ignore[override]
         ctx.input_dtype = y.dtype
         ctx.height, ctx.width = height, width
-        batch, _, dim, length = y.shape
-        out = _launch_cross_merge(y, height, width, torch.promote_types(y.dtype, torch.float32))
-        return out.view(batch, length, dim).transpose(1, 2)
+        return _merged_view(y, height, width)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
@@ -241,6 +247,4 @@ def triton_cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor
         )
     if torch.is_grad_enabled() and y.requires_grad:
         return TritonCrossMerge.apply(y, height, width)
-    batch, _, dim, length = y.shape
-    out = _launch_cross_merge(y, height, width, torch.promote_types(y.dtype, torch.float32))
-    return out.view(batch, length, dim).transpose(1, 2)
+    return _merged_view(y, height, width)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -356,28 +357,14 @@ class SS2D(nn.Module):
 
 
 class VSSBlock(nn.Module):
-    """x + DropPath(SS2D(LayerNorm(x))); no MLP and no layer scale. (B, H, W, C) -> (B, H, W, C)."""
+    """x + DropPath(SS2D(LayerNorm(x))); no MLP and no layer scale. (B, H, W, C) -> (B, H, W, C).
 
-    def __init__(
-        self,
-        dim: int,
-        drop_path: float,
-        d_state: int,
-        d_conv: int,
-        expand: int,
-        scan_backend: str,
-        cross_scan_impl: str | None = None,
-    ) -> None:
+    ``ss2d_kwargs`` (d_state, d_conv, expand, scan_backend, cross_scan_impl) go to :class:`SS2D` unchanged."""
+
+    def __init__(self, dim: int, drop_path: float, **ss2d_kwargs: Any) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
-        self.self_attention = SS2D(
-            dim,
-            d_state=d_state,
-            d_conv=d_conv,
-            expand=expand,
-            scan_backend=scan_backend,
-            cross_scan_impl=cross_scan_impl,
-        )
+        self.self_attention = SS2D(dim, **ss2d_kwargs)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -410,23 +397,11 @@ class PatchExpand(nn.Module):
 class VSSLayer(nn.Module):
     """One stage: VSSBlocks, then optionally PatchMerging (``downsample``, encoder) or PatchExpand (``upsample``,
     decoder). The attribute names follow the checkpoint. (B, H, W, C) -> (B, H/2, W/2, 2C) | (B, 2H, 2W, C/2) |
-    (B, H, W, C)."""
+    (B, H, W, C). ``ss2d_kwargs`` go to every block's :class:`SS2D`."""
 
-    def __init__(
-        self,
-        dim: int,
-        drop_path_rates: Sequence[float],
-        resample: str | None,
-        d_state: int,
-        d_conv: int,
-        expand: int,
-        scan_backend: str,
-        cross_scan_impl: str | None = None,
-    ) -> None:
+    def __init__(self, dim: int, drop_path_rates: Sequence[float], resample: str | None, **ss2d_kwargs: Any) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            VSSBlock(dim, rate, d_state, d_conv, expand, scan_backend, cross_scan_impl) for rate in drop_path_rates
-        )
+        self.blocks = nn.ModuleList(VSSBlock(dim, rate, **ss2d_kwargs) for rate in drop_path_rates)
         # MONAI's 2D PatchMergingV2 gathers (0::2,0::2), (1::2,0::2), (0::2,1::2), (1::2,1::2) -> LN(4C) ->
         # Linear(4C -> 2C, no bias): the reference's order and parameter names.
         self.downsample = PatchMergingV2(dim, norm_layer=nn.LayerNorm, spatial_dims=2) if resample == "down" else None
